@@ -1,0 +1,286 @@
+"""Loading and saving weights: the official ``.pth`` files in, safetensors + JSON config out.
+
+One obvious way in: :func:`load_unet`, :func:`load_codec` (alias :func:`load_vae`) and
+:func:`load_pipeline`. Outside checkpoints are untrusted (``weights_only=True``); ours are
+safetensors with a JSON config beside them (``name.safetensors`` + ``name.json``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import yaml
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_path
+from .models.autoencoder import VQ_F4_CONFIG, VQAutoencoder, build_codec, convert_ldm_vq_state_dict, is_ldm_vq_state_dict
+from .models.unet import UNetModelSwin
+from .pipeline import SRPipeline
+from .presets import PRESETS, REALSR_X4_UNET
+from .schedule import TEACHER_15, ResShiftSchedule
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+DEMO_NAME = "demo-rsd"  # a small RSD student trained by distill/proof.py, see docs/distill.md
+
+_WRAPPER_KEYS = ("state_dict", "model", "ema", "ema_model", "params_ema", "module")
+_PREFIXES = ("module.", "_orig_mod.")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file."""
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped (``{"state_dict": ...}``, EMA wrappers) and with
+    ``module.`` / ``_orig_mod.`` prefixes stripped."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt, truncated, pickled code objects...
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+    while isinstance(state, dict):
+        wrapped = [k for k in _WRAPPER_KEYS if isinstance(state.get(k), dict)]
+        if not wrapped or any(isinstance(v, torch.Tensor) for v in state.values()):
+            break
+        state = state[wrapped[0]]
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
+    cleaned = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        for prefix in _PREFIXES:
+            while key.startswith(prefix):
+                key = key[len(prefix):]
+        cleaned[key] = value
+    return cleaned
+
+
+def _read_config(path: Path) -> dict | None:
+    sidecar = path.with_suffix(".json")
+    return json.loads(sidecar.read_text()) if sidecar.is_file() else None
+
+
+def _official_yaml_unet_params(path: Path) -> dict:
+    """``model.params`` of an official ResShift YAML (interpolations like ``${...}`` dropped)."""
+    data = yaml.safe_load(path.read_text())
+    params = dict(data.get("model", {}).get("params", data))
+    return {k: v for k, v in params.items() if not (isinstance(v, str) and v.startswith("${"))}
+
+
+def infer_unet_config(state: dict[str, torch.Tensor]) -> dict:
+    """The UNetModelSwin config that produces this state dict's layout."""
+    def shape(key: str) -> tuple[int, ...]:
+        return tuple(state[key].shape)
+
+    if "input_blocks.0.0.weight" not in state or "out.2.weight" not in state:
+        raise KeyError("input_blocks.0.0.weight / out.2.weight")
+    model_channels, first_in = shape("input_blocks.0.0.weight")[:2]
+    out_channels = shape("out.2.weight")[0]
+    levels: list[list[int]] = [[]]
+    swin_levels: set[int] = set()
+    index = 1
+    while f"input_blocks.{index}.0.op.weight" in state or f"input_blocks.{index}.0.in_layers.2.weight" in state:
+        if f"input_blocks.{index}.0.op.weight" in state:
+            levels.append([])
+        else:
+            levels[-1].append(shape(f"input_blocks.{index}.0.in_layers.2.weight")[0])
+            if f"input_blocks.{index}.1.patch_embed.proj.weight" in state:
+                swin_levels.add(len(levels) - 1)
+        index += 1
+    swin = "middle_block.1."
+    embed_dim = shape(swin + "patch_embed.proj.weight")[0]
+    table_rows, heads = shape(swin + "blocks.0.attn.relative_position_bias_table")
+    window = (math.isqrt(table_rows) + 1) // 2
+    depth = len({k.split(".")[3] for k in state if k.startswith(swin + "blocks.")})
+    image_size = 64
+    for key in state:
+        if key.startswith("input_blocks.") and key.endswith(".attn_mask"):
+            block = int(key.split(".")[1])
+            level = sum(1 for i in range(1, block) if f"input_blocks.{i}.0.op.weight" in state)
+            grid = math.isqrt(state[key].shape[0]) * window
+            image_size = grid * 2**level
+            break
+    in_channels = out_channels
+    emb_out = shape("input_blocks.1.0.emb_layers.1.weight")[0]
+    return {
+        **REALSR_X4_UNET,
+        "image_size": image_size,
+        "lq_size": image_size,
+        "in_channels": in_channels,
+        "model_channels": model_channels,
+        "out_channels": out_channels,
+        "channel_mult": [level[0] // model_channels for level in levels],
+        "num_res_blocks": [len(level) for level in levels],
+        "attention_resolutions": [image_size // 2**level for level in sorted(swin_levels)],
+        "use_scale_shift_norm": emb_out == 2 * levels[0][0],
+        "swin_depth": depth,
+        "swin_embed_dim": embed_dim,
+        "num_head_channels": embed_dim // heads,
+        "window_size": window,
+        "mlp_ratio": shape(swin + "blocks.0.mlp.fc1.weight")[0] / embed_dim,
+        "patch_norm": swin + "patch_embed.norm.weight" in state,
+        "noise_channels": first_in - in_channels - 3,
+    }
+
+
+def _load_strict(module: nn.Module, state: dict, path: Path, what: str) -> None:
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or mismatched:
+        def listed(keys: list[str]) -> str:
+            return ", ".join(keys[:3]) + (f", ... ({len(keys)} in all)" if len(keys) > 3 else "")
+
+        parts = [f"{len(missing)} missing ({listed(missing)})" if missing else "",
+                 f"{len(unexpected)} unexpected ({listed(unexpected)})" if unexpected else "",
+                 f"{len(mismatched)} with other shapes ({listed(mismatched)})" if mismatched else ""]
+        raise CheckpointError(f"{path}: does not match the {what}: " + "; ".join(p for p in parts if p))
+    module.load_state_dict(state, strict=True)
+
+
+def load_unet(path: str | Path, config: dict | str | Path | None = None) -> UNetModelSwin:
+    """A UNetModelSwin with the checkpoint's weights, loaded strictly.
+
+    ``config``: a dict of official keys, an official YAML file, or None to use the JSON beside
+    our safetensors files or, for official files, to infer it from the weights (6 vs 7 input
+    channels tells a SinSR/ResShift model from an RSD student).
+    """
+    path = Path(path)
+    state = read_state_dict(path)
+    if isinstance(config, (str, Path)):
+        config = _official_yaml_unet_params(Path(config))
+    if config is None:
+        saved = _read_config(path) if path.suffix == ".safetensors" else None
+        config = saved["config"] if saved else None
+    if config is None:
+        try:
+            config = infer_unet_config(state)
+        except (KeyError, ValueError, ZeroDivisionError) as error:
+            raise CheckpointError(f"{path}: not a ResShift UNetModelSwin checkpoint (no {error})") from None
+    elif "noise_channels" not in config and "input_blocks.0.0.weight" in state:
+        config = {**config, "noise_channels": state["input_blocks.0.0.weight"].shape[1] - config.get("in_channels", 3) - 3}
+    model = UNetModelSwin(**config)
+    _load_strict(model, state, path, "UNetModelSwin layout")
+    model.config = dict(config)
+    return model.eval()
+
+
+def infer_vq_config(state: dict[str, torch.Tensor]) -> dict:
+    """VQModel config of a diffusers-layout VQ state dict."""
+    levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down_blocks.")})
+    channels = [state[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)]
+    per_block = len({k.split(".")[4] for k in state if k.startswith("encoder.down_blocks.0.resnets.")})
+    codes, dim = state["quantize.embedding.weight"].shape
+    return {
+        **VQ_F4_CONFIG,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": channels,
+        "layers_per_block": per_block,
+        "latent_channels": state["encoder.conv_out.weight"].shape[0],
+        "num_vq_embeddings": codes,
+        "vq_embed_dim": dim,
+    }
+
+
+def load_codec(path: str | Path, config: dict | None = None) -> nn.Module:
+    """The latent codec of a checkpoint: the official ``autoencoder_vq_f4.pth`` (LDM layout,
+    converted), a diffusers ``VQModel`` state dict, or our safetensors + JSON."""
+    path = Path(path)
+    state = read_state_dict(path)
+    if config is None and path.suffix == ".safetensors":
+        saved = _read_config(path)
+        config = saved["config"] if saved else None
+    if config is not None and config.get("kind") == "pixel_unshuffle":
+        return build_codec(config)
+    if is_ldm_vq_state_dict(state):
+        levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down.")})
+        state = convert_ldm_vq_state_dict(state, num_levels=levels)
+    try:
+        config = config or infer_vq_config(state)
+    except (KeyError, ValueError) as error:
+        raise CheckpointError(f"{path}: not a VQ autoencoder checkpoint (no {error})") from None
+    codec = VQAutoencoder(config)
+    _load_strict(codec.vq, state, path, "VQ-f4 autoencoder layout")
+    return codec.eval()
+
+
+load_vae = load_codec
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def save_module(module: nn.Module, path: str | Path, kind: str, config: dict, **extra) -> None:
+    """``path`` (.safetensors) + the JSON config beside it, both written atomically."""
+    path = Path(path).with_suffix(".safetensors")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"kind": kind})
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps({"kind": kind, "config": config, **extra}, indent=2) + "\n")
+
+
+def save_pipeline(pipe: SRPipeline, directory: str | Path) -> None:
+    """``unet.safetensors`` / ``unet.json`` (+ ``codec.*``) in a directory."""
+    directory = Path(directory)
+    save_module(pipe.unet, directory / "unet", "unet", pipe.unet.config, schedule=asdict(pipe.schedule), description=pipe.description)
+    codec_state = pipe.codec.vq if isinstance(pipe.codec, VQAutoencoder) else pipe.codec
+    save_module(codec_state, directory / "codec", "codec", pipe.codec.config)
+
+
+def load_pipeline(
+    unet_path: str | Path,
+    codec_path: str | Path | None = None,
+    schedule: ResShiftSchedule | None = None,
+    unet_config: dict | str | Path | None = None,
+) -> SRPipeline:
+    """A pipeline from a UNet checkpoint (file, or a directory written by :func:`save_pipeline`)
+    and a codec checkpoint (defaults to the directory's ``codec.safetensors``)."""
+    unet_path = Path(unet_path)
+    if unet_path.is_dir():
+        codec_path = codec_path or unet_path / "codec.safetensors"
+        unet_path = unet_path / "unet.safetensors"
+    if codec_path is None:
+        raise CheckpointError(f"{unet_path}: a VQ autoencoder checkpoint is needed too (e.g. autoencoder_vq_f4.pth)")
+    unet = load_unet(unet_path, unet_config)
+    saved = _read_config(unet_path) if unet_path.suffix == ".safetensors" else None
+    if schedule is None:
+        schedule = ResShiftSchedule(**saved["schedule"]) if saved and "schedule" in saved else TEACHER_15
+    description = (saved or {}).get("description") or f"{unet_path.name} + {Path(codec_path).name}"
+    return SRPipeline(unet, load_codec(codec_path), schedule, description)
+
+
+def build_pipeline(preset: str, seed: int = 0) -> SRPipeline:
+    """A pipeline of a preset's architecture with seeded random weights (untrained)."""
+    spec = PRESETS[preset]
+    torch.manual_seed(seed)
+    unet = UNetModelSwin(**spec.unet)
+    unet.config = dict(spec.unet)
+    codec = build_codec(spec.codec)
+    description = f"UNTRAINED: {spec.summary} architecture ({preset}) with random weights, seed {seed}"
+    return SRPipeline(unet.eval(), codec.eval(), spec.schedule, description)
+
+
+def default_pipeline() -> SRPipeline:
+    """The embedded default: the bundled trained demo model when present, else the official RSD
+    x4 architecture with seeded random weights. ``.description`` says which."""
+    if (BUNDLED_DIR / f"{DEMO_NAME}" / "unet.safetensors").is_file():
+        return load_pipeline(BUNDLED_DIR / DEMO_NAME)
+    return build_pipeline("rsd-x4")

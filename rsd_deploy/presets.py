@@ -1,0 +1,76 @@
+"""Model configurations as data: the official releases and the small test configurations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .models.autoencoder import VQ_F4_CONFIG
+from .schedule import TEACHER_4, TEACHER_15, ResShiftSchedule
+
+# The real-world x4 UNetModelSwin config of ResShift v1/v2/v3, SinSR and RSD (official YAML keys).
+REALSR_X4_UNET = {
+    "image_size": 64,
+    "in_channels": 3,
+    "model_channels": 160,
+    "out_channels": 3,
+    "attention_resolutions": [64, 32, 16, 8],
+    "dropout": 0.0,
+    "channel_mult": [1, 2, 2, 4],
+    "num_res_blocks": [2, 2, 2, 2],
+    "conv_resample": True,
+    "dims": 2,
+    "use_fp16": False,
+    "num_head_channels": 32,
+    "use_scale_shift_norm": True,
+    "resblock_updown": False,
+    "swin_depth": 2,
+    "swin_embed_dim": 192,
+    "window_size": 8,
+    "mlp_ratio": 4,
+    "patch_norm": False,
+    "cond_lq": True,
+    "lq_size": 64,
+}
+
+# A few-hundred-thousand-parameter config with every structural feature of the real one
+# (two levels, Swin at both, a shifted block), for fast tests.
+TINY_UNET = {
+    **REALSR_X4_UNET,
+    "model_channels": 32,
+    "attention_resolutions": [64, 32],
+    "channel_mult": [1, 2],
+    "num_res_blocks": [1, 1],
+    "num_head_channels": 16,
+    "swin_embed_dim": 32,
+    "mlp_ratio": 2,
+}
+
+TINY_VQ = {
+    **VQ_F4_CONFIG,
+    "block_out_channels": [32, 32, 64],
+    "layers_per_block": 1,
+    "num_vq_embeddings": 64,
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    unet: dict
+    codec: dict
+    schedule: ResShiftSchedule
+    default_steps: int = 1
+
+
+PRESETS = {
+    p.name: p
+    for p in [
+        Preset("resshift-x4", "ResShift v1/v2 teacher, 15 steps", REALSR_X4_UNET, VQ_F4_CONFIG, TEACHER_15, 15),
+        Preset("resshift-v3-x4", "ResShift v3, 4 steps", REALSR_X4_UNET, VQ_F4_CONFIG, TEACHER_4, 4),
+        Preset("sinsr-x4", "SinSR one-step student", REALSR_X4_UNET, VQ_F4_CONFIG, TEACHER_15, 1),
+        Preset("rsd-x4", "RSD one-step student (noise-map channel)", {**REALSR_X4_UNET, "noise_channels": 1}, VQ_F4_CONFIG, TEACHER_15, 1),
+        Preset("tiny", "tiny test teacher", TINY_UNET, TINY_VQ, TEACHER_15, 15),
+        Preset("tiny-rsd", "tiny test RSD student", {**TINY_UNET, "noise_channels": 1}, TINY_VQ, TEACHER_15, 1),
+    ]
+}
