@@ -1,0 +1,370 @@
+"""One description per exported stage: the single source of tensor names, shapes and ranges.
+
+Everything that handles an exported graph reads these descriptions and declares no shapes or
+names of its own: ONNX export, fp16/INT8 conversion, TensorRT profiles, parity checks, reports,
+benchmarks, Triton model repositories and the C++ runner.
+
+Stages (``STAGE_NAMES``), for a pipeline whose latent has ``C`` channels (3 for the VQ-f4, 48 for
+the pixel-unshuffle demo codec) and an LR size ``h x w`` (the latent has the same size):
+
+==========  ====================================================  ==========================
+stage       inputs                                                outputs
+==========  ====================================================  ==========================
+encoder     ``lq_up``  (B, 3, 4h, 4w) bicubic x4 LR in [-1, 1]     ``z_y`` (B, C, h, w)
+generator   ``x_t`` (B, C, h, w) noised latent x_T,               ``x0`` (B, C, h, w)
+            ``lq`` (B, 3, h, w) LR in [-1, 1],
+            ``noise_map`` (B, 1, h, w) N(0, 1), RSD students only
+decoder     ``z`` (B, C, h, w)                                     ``hr`` (B, 3, 4h, 4w) in [-1, 1]
+pipeline    ``lr`` (B, 3, h', w') LR in [0, 1], any h' <= h,       ``hr`` (B, 3, 4h', 4w') in [0, 1]
+            ``eps`` (B, C, h, w) N(0, 1) prior noise,
+            ``noise_map`` (B, 1, h, w), RSD students only
+==========  ====================================================  ==========================
+
+``h`` and ``w`` are multiples of 64 (:data:`SIZE_MULTIPLE`). The fused ``pipeline`` graph pads
+``lr`` inside (reflect, bottom/right, as :func:`rsd_deploy.pipeline.pad_to_multiple`) to the size
+of ``eps`` and crops the result back, so callers give ``eps`` at
+:func:`padded_size` of the LR size. The generator runs the one step at ``t = T - 1``:
+``x0 = unet(x_t / sqrt(kappa^2 eta_T + 1), T - 1, lq, noise_map)``; callers form
+``x_t = z_y + kappa sqrt(eta_T) eps`` (:meth:`ResShiftSchedule.prior_sample`).
+
+Example::
+
+    from rsd_deploy.checkpoints import build_pipeline
+    from rsd_deploy.export.stages import ShapeRange, describe_stages
+
+    pipe = build_pipeline("tiny-rsd")
+    stages = describe_stages(pipe)
+    gen = stages["generator"]
+    gen.input_names                      # ('x_t', 'lq', 'noise_map')
+    module = gen.module(pipe)            # torch module: forward(*inputs in input order)
+    feeds = gen.sample_inputs(batch=2, height=64, width=64, seed=0)   # {name: tensor}
+    ShapeRange().profile(gen)            # {name: (min_shape, opt_shape, max_shape)}
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rsd_deploy.pipeline import SIZE_MULTIPLE, SRPipeline
+from rsd_deploy.sampling import predict_x0
+
+STAGE_NAMES = ("encoder", "generator", "decoder", "pipeline")
+Shape = tuple[int, ...]
+
+
+def padded_size(size: int) -> int:
+    """The multiple of 64 an LR side is padded to (the size of the fused graph's ``eps``)."""
+    return max(SIZE_MULTIPLE, math.ceil(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
+
+
+# --- tensors and shape ranges ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output: (batch, channels, scale * height, scale * width), float32.
+
+    ``height``/``width`` are LR (= latent) sizes. ``aligned`` tensors have them at a multiple of
+    64; the fused graph's ``lr`` input is not aligned (any size up to the aligned one).
+    """
+
+    name: str
+    channels: int
+    scale: int = 1  # spatial size in LR pixels: 1 for LR images and latents, 4 for HR images
+    doc: str = ""
+    aligned: bool = True
+    dtype: str = "float32"
+
+    def shape(self, batch: int, height: int, width: int) -> Shape:
+        return (batch, self.channels, self.scale * height, self.scale * width)
+
+    def symbolic_shape(self) -> list[str | int]:
+        """Shape with named dynamic axes, as written into the ONNX graph."""
+        prefix = "" if self.scale == 1 else f"{self.scale}*"
+        suffix = "" if self.aligned else "_lr"
+        return ["batch", self.channels, f"{prefix}height{suffix}", f"{prefix}width{suffix}"]
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": self.symbolic_shape(), "doc": self.doc}
+
+
+def _check_triple(what: str, triple: tuple[int, int, int], multiple: int) -> tuple[int, int, int]:
+    low, opt, high = (int(v) for v in triple)
+    if not 0 < low <= opt <= high:
+        raise ValueError(f"{what} range must satisfy 0 < min <= opt <= max, got {low}/{opt}/{high}")
+    if any(v % multiple for v in (low, opt, high)):
+        raise ValueError(f"{what} range must be multiples of {multiple}, got {low}/{opt}/{high}")
+    return low, opt, high
+
+
+@dataclass(frozen=True)
+class ShapeRange:
+    """The (min, opt, max) batch and LR sizes an exported graph / engine profile accepts.
+
+    Sizes are LR pixels (multiples of 64). The default (batch 1..4, LR 64..256, opt 1 x 64) is
+    modest on purpose: it bounds TensorRT workspace and export time, and it covers the tiles
+    ``rsd-upscale`` sends (256 LR px by default).
+    """
+
+    batch: tuple[int, int, int] = (1, 1, 4)
+    height: tuple[int, int, int] = (64, 64, 256)
+    width: tuple[int, int, int] = (64, 64, 256)
+
+    def __post_init__(self):
+        object.__setattr__(self, "batch", _check_triple("batch", self.batch, 1))
+        object.__setattr__(self, "height", _check_triple("LR height", self.height, SIZE_MULTIPLE))
+        object.__setattr__(self, "width", _check_triple("LR width", self.width, SIZE_MULTIPLE))
+
+    @classmethod
+    def square(cls, sizes: tuple[int, int, int], batch: tuple[int, int, int] = (1, 1, 4)) -> "ShapeRange":
+        return cls(batch=batch, height=sizes, width=sizes)
+
+    def profile(self, stage: "StageSpec") -> dict[str, tuple[Shape, Shape, Shape]]:
+        """Per input name: (min, opt, max) shapes, e.g. for a TensorRT optimization profile."""
+        out = {}
+        for spec in stage.inputs:
+            shapes = []
+            for i in range(3):
+                height, width = self.height[i], self.width[i]
+                if not spec.aligned and i == 0:  # the smallest LR that pads to the minimum
+                    height, width = max(1, height - SIZE_MULTIPLE + 1), max(1, width - SIZE_MULTIPLE + 1)
+                shapes.append(spec.shape(self.batch[i], height, width))
+            out[spec.name] = tuple(shapes)
+        return out
+
+    def contains(self, batch: int, height: int, width: int) -> bool:
+        return (
+            self.batch[0] <= batch <= self.batch[2]
+            and self.height[0] <= height <= self.height[2]
+            and self.width[0] <= width <= self.width[2]
+            and height % SIZE_MULTIPLE == 0
+            and width % SIZE_MULTIPLE == 0
+        )
+
+    def to_json(self) -> dict:
+        return {"batch": list(self.batch), "lr_height": list(self.height), "lr_width": list(self.width)}
+
+    def __str__(self) -> str:
+        def fmt(t):
+            return f"{t[0]}..{t[2]} (opt {t[1]})"
+
+        return f"batch {fmt(self.batch)}, LR height {fmt(self.height)}, LR width {fmt(self.width)}"
+
+
+# --- the torch modules each graph is exported from ----------------------------------------------
+
+
+class EncoderStage(nn.Module):
+    """``lq_up`` (bicubic x4 LR in [-1, 1]) -> ``z_y``: the codec's encoder, no quantisation."""
+
+    def __init__(self, pipe: SRPipeline):
+        super().__init__()
+        self.codec = pipe.codec
+
+    def forward(self, lq_up: torch.Tensor) -> torch.Tensor:
+        return self.codec.encode(lq_up)
+
+
+class GeneratorStage(nn.Module):
+    """The one network call at t = T - 1: ``(x_t, lq[, noise_map])`` -> ``x0``."""
+
+    def __init__(self, pipe: SRPipeline):
+        super().__init__()
+        self.unet = pipe.unet
+        self.schedule = pipe.schedule
+
+    def forward(self, x_t: torch.Tensor, lq: torch.Tensor, noise_map: torch.Tensor | None = None) -> torch.Tensor:
+        return predict_x0(self.unet, self.schedule, x_t, lq, self.schedule.steps - 1, noise_map)
+
+
+class DecoderStage(nn.Module):
+    """``z`` -> ``hr`` in [-1, 1]: :meth:`SRPipeline.decode` (codebook snap, decoder, clamp)."""
+
+    def __init__(self, pipe: SRPipeline):
+        super().__init__()
+        self.pipe = pipe
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.pipe.decode(z)
+
+
+def _pad_indices(size, padded) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source rows for padding ``size`` rows to ``padded``: (reflect, replicate) index vectors.
+
+    Built with tensor ops on runtime sizes (no Python branch on them) so the export keeps both
+    sizes symbolic."""
+    index = torch.arange(padded)
+    reflect = torch.where(index < size, index, 2 * (size - 1) - index)
+    return reflect, index.clamp(max=size - 1)
+
+
+class OneStepPipeline(nn.Module):
+    """The whole one-step SR as one graph: ``lr`` in [0, 1], ``eps`` [, ``noise_map``] -> ``hr``
+    in [0, 1]. Pads ``lr`` to the size of ``eps`` exactly as :func:`pad_to_multiple` (reflect;
+    replicate when the image is too small to reflect), bicubic x4, encode, prior sample, one
+    step, decode, clamp, crop."""
+
+    def __init__(self, pipe: SRPipeline):
+        super().__init__()
+        self.pipe = pipe
+
+    def forward(self, lr: torch.Tensor, eps: torch.Tensor, noise_map: torch.Tensor | None = None) -> torch.Tensor:
+        height, width = lr.shape[-2:]
+        rows_reflect, rows_replicate = _pad_indices(height, eps.shape[-2])
+        cols_reflect, cols_replicate = _pad_indices(width, eps.shape[-1])
+        # pad_to_multiple reflects unless a pad reaches past the image on either axis
+        too_small = (rows_reflect < 0).any() | (cols_reflect < 0).any()
+        rows = torch.where(too_small, rows_replicate, rows_reflect)
+        cols = torch.where(too_small, cols_replicate, cols_reflect)
+        lq = (lr * 2 - 1).index_select(2, rows).index_select(3, cols)
+        pipe = self.pipe
+        z_y = pipe.encode(lq)
+        x_t = pipe.schedule.prior_sample(z_y, eps)
+        x0 = predict_x0(pipe.unet, pipe.schedule, x_t, lq, pipe.schedule.steps - 1, noise_map)
+        hr = pipe.decode(x0)
+        scale = pipe.codec.scale
+        hr = hr[:, :, : height * scale, : width * scale]
+        return ((hr + 1) / 2).clamp(0, 1)
+
+
+# --- stage descriptions ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """Name, tensors and torch module of one exported graph (see the module docstring)."""
+
+    name: str
+    summary: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    builder: Callable[[SRPipeline], nn.Module] = field(repr=False, compare=False)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.outputs)
+
+    @property
+    def onnx_name(self) -> str:
+        """File name of the fp32 graph in an export directory (``<stage>.<precision>.onnx`` for
+        the others, see :func:`onnx_file_name`)."""
+        return onnx_file_name(self.name, "fp32")
+
+    def module(self, pipe: SRPipeline) -> nn.Module:
+        """The torch module this graph is exported from; ``forward`` takes the inputs in order."""
+        return self.builder(pipe).eval()
+
+    def sample_inputs(self, batch: int, height: int, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
+        """Fresh random inputs in each tensor's natural range, for an LR size ``height x width``
+        (multiples of 64; the fused graph's ``lr`` gets that size too)."""
+        generator = torch.Generator().manual_seed(seed)
+        feeds = {}
+        for spec in self.inputs:
+            shape = spec.shape(batch, height, width)
+            if spec.name in ("lq_up", "lq"):  # images in [-1, 1]
+                feeds[spec.name] = torch.rand(shape, generator=generator) * 2 - 1
+            elif spec.name == "lr":  # image in [0, 1]
+                feeds[spec.name] = torch.rand(shape, generator=generator)
+            else:  # latents and noise
+                feeds[spec.name] = torch.randn(shape, generator=generator)
+        return feeds
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "inputs": [t.to_json() for t in self.inputs],
+            "outputs": [t.to_json() for t in self.outputs],
+        }
+
+
+def onnx_file_name(stage: str, precision: str) -> str:
+    """``encoder.fp32.onnx``, ``generator.fp16.onnx``, ``pipeline.int8.onnx``, ..."""
+    return f"{stage}.{precision}.onnx"
+
+
+def describe_stages(pipe: SRPipeline) -> dict[str, StageSpec]:
+    """The four stage descriptions of a pipeline, keyed by :data:`STAGE_NAMES`."""
+    latent = pipe.codec.latent_channels
+    scale = pipe.codec.scale
+    noise_map = (
+        [TensorSpec("noise_map", pipe.unet.noise_channels, doc="N(0, 1) noise map (RSD student input)")]
+        if pipe.takes_noise_map
+        else []
+    )
+    stages = [
+        StageSpec(
+            "encoder",
+            "VQ encoder: bicubic x4 LR -> latent z_y (no quantisation)",
+            (TensorSpec("lq_up", 3, scale, "bicubic x4 LR image in [-1, 1]"),),
+            (TensorSpec("z_y", latent, doc="latent of the upsampled LR image"),),
+            EncoderStage,
+        ),
+        StageSpec(
+            "generator",
+            f"one-step UNet at t = T-1 = {pipe.schedule.steps - 1}: x_t, lq -> x0 latent",
+            (
+                TensorSpec("x_t", latent, doc="x_T = z_y + kappa sqrt(eta_T) eps"),
+                TensorSpec("lq", 3, doc="LR image in [-1, 1]"),
+                *noise_map,
+            ),
+            (TensorSpec("x0", latent, doc="predicted clean latent"),),
+            GeneratorStage,
+        ),
+        StageSpec(
+            "decoder",
+            "VQ decoder: latent -> HR image (codebook quantisation, clamp to [-1, 1])",
+            (TensorSpec("z", latent, doc="latent (x0 of the generator)"),),
+            (TensorSpec("hr", 3, scale, "HR image in [-1, 1]"),),
+            DecoderStage,
+        ),
+        StageSpec(
+            "pipeline",
+            "fused one-step SR: LR [0, 1] + noise -> HR [0, 1] (pad, bicubic, encode, step, decode, crop inside)",
+            (
+                TensorSpec("lr", 3, doc="LR image in [0, 1], any size up to the size of eps", aligned=False),
+                TensorSpec("eps", latent, doc="N(0, 1) prior noise at the padded LR size"),
+                *noise_map,
+            ),
+            (TensorSpec("hr", 3, scale, "HR image in [0, 1], 4x the size of lr", aligned=False),),
+            OneStepPipeline,
+        ),
+    ]
+    return {stage.name: stage for stage in stages}
+
+
+@torch.no_grad()
+def stage_inputs_from_images(pipe: SRPipeline, lr: torch.Tensor, seed: int = 0) -> dict[str, dict[str, torch.Tensor]]:
+    """Inputs of every stage for real LR images (B, 3, h, w) in [0, 1], h and w multiples of 64:
+    what each stage sees when the PyTorch pipeline runs on them (for parity on real photos and
+    for INT8 calibration). Noise is seeded N(0, 1)."""
+    if lr.shape[-1] % SIZE_MULTIPLE or lr.shape[-2] % SIZE_MULTIPLE:
+        raise ValueError(f"LR images must be multiples of {SIZE_MULTIPLE} pixels, got {tuple(lr.shape[-2:])}")
+    generator = torch.Generator().manual_seed(seed)
+    batch, _, height, width = lr.shape
+    lr = lr.float()
+    lq = lr * 2 - 1
+    lq_up = F.interpolate(lq, scale_factor=pipe.codec.scale, mode="bicubic")
+    z_y = pipe.codec.encode(lq_up)
+    eps = torch.randn(z_y.shape, generator=generator)
+    x_t = pipe.schedule.prior_sample(z_y, eps)
+    extra = {}
+    if pipe.takes_noise_map:
+        extra["noise_map"] = torch.randn(batch, pipe.unet.noise_channels, height, width, generator=generator)
+    x0 = GeneratorStage(pipe)(x_t, lq, extra.get("noise_map"))
+    return {
+        "encoder": {"lq_up": lq_up},
+        "generator": {"x_t": x_t, "lq": lq, **extra},
+        "decoder": {"z": x0},
+        "pipeline": {"lr": lr, "eps": eps, **extra},
+    }
