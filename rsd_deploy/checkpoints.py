@@ -203,12 +203,12 @@ def load_codec(path: str | Path, config: dict | None = None) -> nn.Module:
     """The latent codec of a checkpoint: the official ``autoencoder_vq_f4.pth`` (LDM layout,
     converted), a diffusers ``VQModel`` state dict, or our safetensors + JSON."""
     path = Path(path)
-    state = read_state_dict(path)
     if config is None and path.suffix == ".safetensors":
         saved = _read_config(path)
         config = saved["config"] if saved else None
     if config is not None and config.get("kind") == "pixel_unshuffle":
-        return build_codec(config)
+        return build_codec(config)  # parameter-free: its safetensors file holds no tensors
+    state = read_state_dict(path)
     if is_ldm_vq_state_dict(state):
         levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down.")})
         state = convert_ldm_vq_state_dict(state, num_levels=levels)

@@ -47,7 +47,7 @@ TINY_UNET = {
 
 TINY_VQ = {
     **VQ_F4_CONFIG,
-    "block_out_channels": [32, 32, 64],
+    "block_out_channels": [32, 32, 32],
     "layers_per_block": 1,
     "num_vq_embeddings": 64,
 }
