@@ -1,0 +1,152 @@
+"""HR crops for training and validation, and the (HR, LR) pairs made from them.
+
+Crop ``i`` of a dataset is a pure function of ``(seed, i)``: which image, where, flipped or not.
+Training step ``s`` of process ``rank`` reads crops ``(s * world + rank) * batch ...``, so a run
+resumed at step ``s`` sees exactly the data it would have seen without the interruption, and
+LR synthesis is seeded by the same numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from .degradations import RealESRGANConfig, bicubic_degrade, realesrgan_degrade
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def _rgb(array: np.ndarray) -> np.ndarray:
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    return np.ascontiguousarray(array[..., :3])
+
+
+def skimage_photo(name: str) -> np.ndarray:
+    """A photo bundled with scikit-image, as HxWx3 uint8 (grey ones repeated, alpha dropped)."""
+    from skimage import data
+
+    loader = getattr(data, name, None)
+    if loader is None:
+        raise ValueError(f"skimage.data has no image {name!r}")
+    image = loader()
+    return _rgb(image[0] if isinstance(image, tuple) else image)
+
+
+def list_images(folders: list[str]) -> list[Path]:
+    paths = []
+    for folder in folders:
+        root = Path(folder)
+        if not root.is_dir():
+            raise ValueError(f"{root}: no such image folder")
+        paths += sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"{', '.join(folders)}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    return paths
+
+
+class HRCrops(Dataset):
+    """Random ``crop`` x ``crop`` HR patches with flips, item ``i`` determined by ``(seed, i)``.
+
+    Sources are image files (read on demand, so DataLoader workers share the work) or arrays.
+    Images smaller than the crop are reflect-padded.
+    """
+
+    def __init__(self, sources: list[Path | np.ndarray], crop: int, seed: int = 0, flips: bool = True):
+        if not sources:
+            raise ValueError("HRCrops: no source images")
+        self.sources = sources
+        self.crop = crop
+        self.seed = seed
+        self.flips = flips
+
+    def __len__(self) -> int:
+        return 2**62  # an unbounded stream: items are drawn, not enumerated
+
+    def _image(self, index: int) -> np.ndarray:
+        source = self.sources[index]
+        if isinstance(source, np.ndarray):
+            return source
+        try:
+            with Image.open(source) as image:
+                return _rgb(np.asarray(image.convert("RGB")))
+        except OSError as error:
+            raise ValueError(f"{source}: not a readable image ({error})") from None
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, i])
+        image = self._image(int(rng.integers(len(self.sources))))
+        h, w = image.shape[:2]
+        if h < self.crop or w < self.crop:
+            pad = ((0, max(0, self.crop - h)), (0, max(0, self.crop - w)), (0, 0))
+            image = np.pad(image, pad, mode="reflect")
+            h, w = image.shape[:2]
+        top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
+        patch = image[top : top + self.crop, left : left + self.crop]
+        if self.flips:
+            if rng.uniform() < 0.5:
+                patch = patch[:, ::-1]
+            if rng.uniform() < 0.5:
+                patch = patch[::-1]
+        return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255
+
+
+class StepSampler(Sampler):
+    """Item indices of process ``rank`` from training step ``start`` on, ``batch`` per step."""
+
+    def __init__(self, start: int, batch: int, rank: int = 0, world: int = 1):
+        self.start, self.batch, self.rank, self.world = start, batch, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        step = self.start
+        while True:
+            first = (step * self.world + self.rank) * self.batch
+            yield from range(first, first + self.batch)
+            step += 1
+
+
+def grid_crops(image: np.ndarray, crop: int, count: int) -> list[np.ndarray]:
+    """Up to ``count`` non-overlapping crops spread over the image (validation: fixed, no randomness)."""
+    h, w = image.shape[:2]
+    rows, cols = max(1, h // crop), max(1, w // crop)
+    cells = [(r, c) for r in range(rows) for c in range(cols)]
+    picks = np.linspace(0, len(cells) - 1, min(count, len(cells))).round().astype(int)
+    out = []
+    for index in picks:
+        r, c = cells[index]
+        top = (h - rows * crop) // 2 + r * crop
+        left = (w - cols * crop) // 2 + c * crop
+        out.append(image[top : top + crop, left : left + crop])
+    return out
+
+
+def make_lr(hr: torch.Tensor, degradation: str, seed: int) -> torch.Tensor:
+    """LR for an HR batch in [0, 1]: the Real-ESRGAN pipeline (seeded) or plain bicubic."""
+    if degradation == "bicubic":
+        return bicubic_degrade(hr)
+    return realesrgan_degrade(hr, seed, RealESRGANConfig())
+
+
+def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
+    """One 63-bit seed per (run seed, step, process, purpose)."""
+    state = np.random.SeedSequence([seed, step, rank, stream]).generate_state(2)
+    return int(state[0]) << 31 ^ int(state[1])
+
+
+def validation_pairs(sources: list[np.ndarray], crop: int, per_image: int, degradation: str, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fixed held-out (HR, LR) pairs in [0, 1]."""
+    crops = [c for image in sources for c in grid_crops(image, crop, per_image)]
+    hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+    return hr, make_lr(hr, degradation, seed)
+
+
+def load_sources(folders: list[str], photos: list[str]) -> list[Path | np.ndarray]:
+    """Image files from folders when given, else the named scikit-image photos."""
+    return list_images(folders) if folders else [skimage_photo(name) for name in photos]
