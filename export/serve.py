@@ -1,0 +1,335 @@
+"""Serving the one-step pipeline with Triton Inference Server.
+
+Two halves:
+
+- The python-backend models of a repository written by :mod:`.triton_repo`. Each python model's
+  ``model.py`` is one import line naming a class here, so the serving code is ordinary, tested
+  package code: :class:`Preprocess` (uint8 HWC image + seed -> pad, bicubic x4, noise),
+  :class:`PriorSample` (``x_T = z_y + kappa sqrt(eta_T) eps``), :class:`Postprocess` (crop,
+  [-1, 1] -> uint8 HWC) and :class:`OnnxRuntimeStage` (one exported stage in an ONNX Runtime
+  session, for Triton builds with only the python backend).
+- :func:`triton_server`: a real ``tritonserver`` process on loopback serving a repository, the
+  2.51 binary that the ``nvidia-pytriton`` wheel bundles (python backend only). On a Triton
+  container use ``tritonserver --model-repository DIR`` instead (see the repository's README).
+
+Run ``python -m rsd_deploy.export.serve REPO`` to serve a repository until Ctrl-C.
+
+Python models import torch lazily: only :class:`Preprocess` needs it (the pipeline's own
+bicubic and :class:`~rsd_deploy.sampling.NoiseField`, so served results equal ``SRPipeline``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+LOGGER = logging.getLogger(__name__)
+
+
+# --- python-backend models ----------------------------------------------------------------------
+
+
+class RequestError(ValueError):
+    """A request this model cannot serve; its message goes back to the client."""
+
+
+class _PythonModel:
+    """Shared plumbing: config parameters, per-request errors that never take the model down."""
+
+    def initialize(self, args: dict) -> None:
+        import triton_python_backend_utils as pb_utils  # provided by the backend's stub
+
+        self.pb = pb_utils
+        self.config = json.loads(args["model_config"])
+        self.name = args["model_name"]
+        self.model_dir = Path(args["model_repository"]) / args["model_version"]
+        self.params = {k: v["string_value"] for k, v in self.config.get("parameters", {}).items()}
+        self.output_dtypes = {
+            o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config["output"]
+        }
+        self.setup()
+
+    def setup(self) -> None:
+        pass
+
+    def inputs(self, request, *names: str) -> list[np.ndarray]:
+        out = []
+        for name in names:
+            tensor = self.pb.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise RequestError(f"{self.name}: missing input {name!r}")
+            out.append(tensor.as_numpy())
+        return out
+
+    def respond(self, outputs: dict[str, np.ndarray]):
+        tensors = [self.pb.Tensor(name, np.ascontiguousarray(value, self.output_dtypes[name])) for name, value in outputs.items()]
+        return self.pb.InferenceResponse(output_tensors=tensors)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self.respond(self.run(request)))
+            except RequestError as error:
+                responses.append(self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(str(error))))
+        return responses
+
+    def run(self, request) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def finalize(self) -> None:
+        pass
+
+
+class Preprocess(_PythonModel):
+    """``IMAGE`` (B, H, W, 3) uint8 + ``SEED`` (B, 1) -> the stage inputs of the pipeline.
+
+    Image b gets the noise of ``SRPipeline(lr_b, seed=SEED[b])``: sample 0 of a
+    :class:`NoiseField` seeded with its own seed, so results do not depend on how Triton
+    batches requests. Images larger than the exported range are refused with the limit named.
+    """
+
+    def setup(self) -> None:
+        self.scale = int(self.params["scale"])
+        self.latent_channels = int(self.params["latent_channels"])
+        self.noise_channels = int(self.params["noise_channels"])
+        self.max_height = int(self.params["max_lr_height"])
+        self.max_width = int(self.params["max_lr_width"])
+
+    def run(self, request) -> dict[str, np.ndarray]:
+        import torch
+        import torch.nn.functional as F
+
+        from rsd_deploy.pipeline import pad_to_multiple
+        from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
+
+        image, seed = self.inputs(request, "IMAGE", "SEED")
+        batch, height, width, _ = image.shape
+        if height < 1 or width < 1:
+            raise RequestError(f"{self.name}: empty image {height}x{width}")
+        lq = pad_to_multiple(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        padded_h, padded_w = lq.shape[-2:]
+        if padded_h > self.max_height or padded_w > self.max_width:
+            raise RequestError(
+                f"{self.name}: image {height}x{width} (padded to {padded_h}x{padded_w}) exceeds the "
+                f"{self.max_height}x{self.max_width} LR pixels this repository was exported for; tile it "
+                "on the client or export a larger shape range"
+            )
+
+        def noise(stream: int, channels: int) -> np.ndarray:
+            fields = [NoiseField(int(s)) for s in seed.reshape(batch, -1)[:, 0]]
+            return torch.stack([f.crop(0, stream, channels, 0, 0, padded_h, padded_w) for f in fields]).numpy()
+
+        outputs = {
+            "lq_up": F.interpolate(lq, scale_factor=self.scale, mode="bicubic").numpy(),
+            "lq": lq.numpy(),
+            "eps": noise(PRIOR_STREAM, self.latent_channels),
+            "lr_size": np.tile(np.array([[height, width]], np.int32), (batch, 1)),
+        }
+        if self.noise_channels:
+            outputs["noise_map"] = noise(NOISE_MAP_STREAM, self.noise_channels)
+        return outputs
+
+
+class PriorSample(_PythonModel):
+    """``x_T = z_y + kappa sqrt(eta_T) eps``: the start of the one step, between encoder and
+    generator (:meth:`ResShiftSchedule.prior_sample`)."""
+
+    def setup(self) -> None:
+        self.prior_scale = np.float32(self.params["prior_scale"])
+
+    def run(self, request) -> dict[str, np.ndarray]:
+        z_y, eps = self.inputs(request, "z_y", "eps")
+        if z_y.shape != eps.shape:
+            raise RequestError(f"{self.name}: z_y {z_y.shape} and eps {eps.shape} differ")
+        return {"x_t": z_y + self.prior_scale * eps}
+
+
+class Postprocess(_PythonModel):
+    """``hr`` (B, 3, 4H', 4W') in [-1, 1] + ``lr_size`` -> ``HR_IMAGE`` (B, 4h, 4w, 3) uint8,
+    cropped to the request's size (as ``SRPipeline.forward``, then rounded to 8 bits)."""
+
+    def setup(self) -> None:
+        self.scale = int(self.params["scale"])
+
+    def run(self, request) -> dict[str, np.ndarray]:
+        hr, lr_size = self.inputs(request, "hr", "lr_size")
+        height, width = (int(v) * self.scale for v in lr_size.reshape(-1, 2)[0])
+        image = np.clip((hr[:, :, :height, :width] + 1) / 2, 0, 1)
+        return {"HR_IMAGE": np.rint(image.transpose(0, 2, 3, 1) * 255).astype(np.uint8)}
+
+
+class OnnxRuntimeStage(_PythonModel):
+    """One exported stage (``model.onnx`` beside ``model.py``) in an ONNX Runtime session.
+
+    Requests whose inputs have the same shapes run as one batch, so the dynamic batcher in
+    front of this model pays off as it does for the ``onnxruntime_onnx`` backend."""
+
+    def setup(self) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(self.params.get("intra_op_threads", "0"))
+        providers = self.params.get("providers", "CPUExecutionProvider").split(",")
+        self.session = ort.InferenceSession(str(self.model_dir / "model.onnx"), options, providers=providers)
+        self.input_names = [i["name"] for i in self.config["input"]]
+        self.output_names = [o["name"] for o in self.config["output"]]
+
+    def execute(self, requests):
+        groups: dict[tuple, list[int]] = {}
+        feeds = []
+        for index, request in enumerate(requests):
+            feed = dict(zip(self.input_names, self.inputs(request, *self.input_names)))
+            feeds.append(feed)
+            groups.setdefault(tuple(v.shape for v in feed.values()), []).append(index)
+        responses = [None] * len(requests)
+        for members in groups.values():
+            batched = {name: np.concatenate([feeds[i][name] for i in members]) for name in self.input_names}
+            outputs = self.session.run(self.output_names, batched)
+            start = 0
+            for i in members:
+                size = next(iter(feeds[i].values())).shape[0]
+                responses[i] = self.respond({n: o[start : start + size] for n, o in zip(self.output_names, outputs)})
+                start += size
+        return responses
+
+
+# --- a tritonserver process on loopback ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServerEndpoints:
+    http: str  # host:port, as tritonclient.http.InferenceServerClient takes it
+    grpc: str  # host:port, as tritonclient.grpc.InferenceServerClient takes it
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def interpreter_library_dir() -> str | None:
+    """The directory of this interpreter's ``libpython``, when it is a shared library.
+
+    The bundled python-backend stub links ``libpython3.X.so.1.0`` by soname and runs this
+    interpreter's standard library. If the loader finds another build of that soname first
+    (a distribution's 3.11.2 beside a pyenv 3.11.7, say), C modules and the stdlib disagree:
+    multiprocessing dies with ``'_thread.RLock' object has no attribute '_recursion_count'``.
+    Putting this directory first on ``LD_LIBRARY_PATH`` makes the stub load the matching one.
+    """
+    if not sysconfig.get_config_var("Py_ENABLE_SHARED"):
+        return None
+    libdir, soname = sysconfig.get_config_var("LIBDIR"), sysconfig.get_config_var("INSTSONAME")
+    return libdir if libdir and soname and (Path(libdir) / soname).exists() else None
+
+
+@contextlib.contextmanager
+def _library_path_first(directory: str | None) -> Iterator[None]:
+    previous = os.environ.get("LD_LIBRARY_PATH")
+    if directory:
+        os.environ["LD_LIBRARY_PATH"] = directory + (os.pathsep + previous if previous else "")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LD_LIBRARY_PATH", None)
+        else:
+            os.environ["LD_LIBRARY_PATH"] = previous
+
+
+def _unready_models(http: str, names: list[str]) -> list[str]:
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(http, connection_timeout=10, network_timeout=10)
+    try:
+        return [name for name in names if not client.is_model_ready(name)]
+    finally:
+        client.close()
+
+
+@contextlib.contextmanager
+def triton_server(
+    repository: str | Path,
+    host: str = "127.0.0.1",
+    http_port: int | None = None,
+    grpc_port: int | None = None,
+    startup_timeout_s: float = 180,
+    log_verbose: int = 0,
+) -> Iterator[ServerEndpoints]:
+    """Serve ``repository`` with the ``tritonserver`` bundled in ``nvidia-pytriton``.
+
+    Yields once every model is READY; raises ``RuntimeError`` with the failing models and the
+    server's log otherwise. The server stops when the block exits (close clients first: the
+    server waits up to 5 s for open HTTP connections).
+    """
+    try:
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError as error:
+        raise RuntimeError(f"serving needs nvidia-pytriton (pip install nvidia-pytriton): {error}") from None
+    repository = Path(repository).resolve()
+    if not any(repository.glob("*/config.pbtxt")):
+        raise RuntimeError(f"{repository}: not a Triton model repository (no */config.pbtxt)")
+    config = TritonConfig(
+        model_repository=repository,
+        http_address=host,
+        http_port=http_port or free_port(host),
+        grpc_address=host,
+        grpc_port=grpc_port or free_port(host),
+        metrics_port=free_port(host),
+        allow_gpu_metrics=False,
+        exit_timeout_secs=5,
+        log_verbose=log_verbose,
+    )
+    server = Triton(config=config)
+    start = time.perf_counter()
+    try:
+        with _library_path_first(interpreter_library_dir()):
+            server.run()
+        endpoints = ServerEndpoints(f"{host}:{config.http_port}", f"{host}:{config.grpc_port}")
+        expected = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
+        while unready := _unready_models(endpoints.http, expected):
+            if time.perf_counter() - start > startup_timeout_s:
+                logs = server._triton_server.logs()[-6000:]  # PyTriton keeps the server's output
+                raise RuntimeError(f"{repository}: models not ready after {startup_timeout_s:.0f} s: {unready}\n{logs}")
+            time.sleep(0.5)
+        LOGGER.info("tritonserver ready in %.1f s: http %s, grpc %s", time.perf_counter() - start, endpoints.http, endpoints.grpc)
+        yield endpoints
+    finally:
+        server.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rsd_deploy.export.serve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("repository", type=Path, help="a model repository written by rsd_deploy.export.triton_repo")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        with triton_server(args.repository, args.host, args.http_port, args.grpc_port) as endpoints:
+            print(f"serving {args.repository}: http {endpoints.http}, grpc {endpoints.grpc} (Ctrl-C stops)", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
