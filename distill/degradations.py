@@ -145,7 +145,9 @@ def final_kernel(rng: np.random.Generator, prob: float) -> np.ndarray:
 
 def _filter(x: torch.Tensor, kernels: list[np.ndarray]) -> torch.Tensor:
     k = torch.as_tensor(np.stack(kernels), dtype=x.dtype, device=x.device)
-    return kornia.filters.filter2d(x, k, border_type="reflect")
+    # reflect borders as Real-ESRGAN; an image smaller than the kernel's reach cannot reflect
+    border = "reflect" if min(x.shape[-2:]) > MAX_KERNEL // 2 else "replicate"
+    return kornia.filters.filter2d(x, k, border_type=border)
 
 
 def _add_noise(x: torch.Tensor, stage: StageConfig, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:

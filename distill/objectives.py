@@ -96,18 +96,24 @@ def student_timesteps(steps: int, n: int) -> list[int]:
     return sorted({steps - 1 - (steps * k) // n for k in range(n)}, reverse=True)
 
 
-def rsd_generator_loss(x0_hat: torch.Tensor, f_teacher: torch.Tensor, f_fake: torch.Tensor) -> torch.Tensor:
+def rsd_objective(x0_hat: torch.Tensor, f_teacher: torch.Tensor, f_fake: torch.Tensor) -> torch.Tensor:
     """Per-sample tractable RSD loss  ||f*||^2 - ||f_phi||^2 + 2 <f_phi - f*, x0_hat>  (means over
-    elements), divided by the detached mean |f* - x0_hat|.
+    elements), with f* and f_phi evaluated at x_t = q(x_t | x0_hat, z_y).
 
-    This is -J(theta, phi) with J the fake model's (x0-MSE) objective up to terms free of phi; at
-    phi = argmin J its gradient in theta equals the gradient of E||f_phi*(theta)(x_t) - f*(x_t)||^2
-    (envelope theorem), so autograd through x0_hat and through x_t = q(x0_hat) is all it needs.
+    This is -J(theta, phi), J being the fake model's x0-MSE objective on the student's samples
+    up to terms free of phi. At phi = argmin J its gradient in theta equals the gradient of
+    E||f_phi*(theta)(x_t) - f*(x_t)||^2 (envelope theorem): autograd through x0_hat and through
+    x_t (into the frozen networks' inputs) is all it needs, never a derivative of the argmin.
     """
     x0, ft, ff = x0_hat.float(), f_teacher.float(), f_fake.float()
-    per_sample = (ft.square() - ff.square() + 2 * (ff - ft) * x0).flatten(1).mean(dim=1)
-    scale = (ft - x0).abs().flatten(1).mean(dim=1).detach().clamp_min(1e-6)
-    return per_sample / scale
+    return (ft.square() - ff.square() + 2 * (ff - ft) * x0).flatten(1).mean(dim=1)
+
+
+def rsd_generator_loss(x0_hat: torch.Tensor, f_teacher: torch.Tensor, f_fake: torch.Tensor) -> torch.Tensor:
+    """:func:`rsd_objective` per sample, divided by the detached mean |f* - x0_hat| (DMD's
+    normalisation: equal step sizes for easy and hard samples)."""
+    scale = (f_teacher.float() - x0_hat.float()).abs().flatten(1).mean(dim=1).detach().clamp_min(1e-6)
+    return rsd_objective(x0_hat, f_teacher, f_fake) / scale
 
 
 def _nonsaturating(logits: torch.Tensor, real: bool) -> torch.Tensor:
