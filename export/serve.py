@@ -8,9 +8,10 @@ Two halves:
   :class:`PriorSample` (``x_T = z_y + kappa sqrt(eta_T) eps``), :class:`Postprocess` (crop,
   [-1, 1] -> uint8 HWC) and :class:`OnnxRuntimeStage` (one exported stage in an ONNX Runtime
   session, for Triton builds with only the python backend).
-- :func:`triton_server`: a real ``tritonserver`` process on loopback serving a repository, the
-  2.51 binary that the ``nvidia-pytriton`` wheel bundles (python backend only). On a Triton
-  container use ``tritonserver --model-repository DIR`` instead (see the repository's README).
+- :func:`triton_server`: a real ``tritonserver`` process on loopback serving a repository: the
+  2.51 binary that the ``nvidia-pytriton`` wheel bundles (python backend only), started directly
+  with the python-backend stub for this interpreter. On a Triton container use
+  ``tritonserver --model-repository DIR`` instead (see the repository's README).
 
 Run ``python -m rsd_deploy.export.serve REPO`` to serve a repository until Ctrl-C.
 
@@ -25,9 +26,13 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +112,9 @@ class Preprocess(_PythonModel):
         self.noise_channels = int(self.params["noise_channels"])
         self.max_height = int(self.params["max_lr_height"])
         self.max_width = int(self.params["max_lr_width"])
+        self.min_height = int(self.params["min_lr_height"])
+        self.min_width = int(self.params["min_lr_width"])
+        import rsd_deploy.pipeline  # noqa: F401  (torch loads with the model, not on the first request)
 
     def run(self, request) -> dict[str, np.ndarray]:
         import torch
@@ -121,6 +129,9 @@ class Preprocess(_PythonModel):
             raise RequestError(f"{self.name}: empty image {height}x{width}")
         lq = pad_to_multiple(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)
         padded_h, padded_w = lq.shape[-2:]
+        if padded_h < self.min_height or padded_w < self.min_width:
+            lq = torch.nn.functional.pad(lq, (0, max(0, self.min_width - padded_w), 0, max(0, self.min_height - padded_h)), mode="replicate")
+            padded_h, padded_w = lq.shape[-2:]
         if padded_h > self.max_height or padded_w > self.max_width:
             raise RequestError(
                 f"{self.name}: image {height}x{width} (padded to {padded_h}x{padded_w}) exceeds the "
@@ -236,26 +247,46 @@ def interpreter_library_dir() -> str | None:
     return libdir if libdir and soname and (Path(libdir) / soname).exists() else None
 
 
-@contextlib.contextmanager
-def _library_path_first(directory: str | None) -> Iterator[None]:
-    previous = os.environ.get("LD_LIBRARY_PATH")
-    if directory:
-        os.environ["LD_LIBRARY_PATH"] = directory + (os.pathsep + previous if previous else "")
+def bundled_tritonserver() -> tuple[Path, Path, Path]:
+    """(tritonserver binary, python backend folder, folder of its shared libraries) from the
+    ``nvidia-pytriton`` wheel."""
     try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("LD_LIBRARY_PATH", None)
-        else:
-            os.environ["LD_LIBRARY_PATH"] = previous
+        import pytriton
+    except ImportError as error:
+        raise RuntimeError(f"serving here needs the tritonserver bundled in nvidia-pytriton (pip install nvidia-pytriton): {error}") from None
+    root = Path(pytriton.__file__).parent
+    dist = root / "tritonserver"
+    binary = dist / "bin" / "tritonserver"
+    libs = root.parent / "nvidia_pytriton.libs"
+    if not binary.is_file() or not (dist / "backends" / "python").is_dir():
+        raise RuntimeError(f"{dist}: no tritonserver binary / python backend in this nvidia-pytriton install")
+    return binary, dist / "backends" / "python", libs
 
 
-def _unready_models(http: str, names: list[str]) -> list[str]:
+def _python_backend_for_this_interpreter(python_backend: Path, target: Path) -> Path:
+    """A backend directory whose python backend carries the stub built for this Python version
+    (the wheel ships one stub per version beside the backend)."""
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = python_backend.parents[1] / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"nvidia-pytriton has no python-backend stub for Python {version} ({stub})")
+    backend = target / "backends" / "python"
+    backend.mkdir(parents=True)
+    for item in python_backend.iterdir():
+        if item.is_file():
+            shutil.copy2(item, backend / item.name)
+    shutil.copy2(stub, backend / stub.name)
+    return target / "backends"
+
+
+def _server_ready(http: str) -> bool:
     import tritonclient.http as httpclient
 
-    client = httpclient.InferenceServerClient(http, connection_timeout=10, network_timeout=10)
+    client = httpclient.InferenceServerClient(http, connection_timeout=5, network_timeout=5)
     try:
-        return [name for name in names if not client.is_model_ready(name)]
+        return client.is_server_ready()
+    except Exception:  # not listening yet
+        return False
     finally:
         client.close()
 
@@ -267,48 +298,74 @@ def triton_server(
     http_port: int | None = None,
     grpc_port: int | None = None,
     startup_timeout_s: float = 180,
+    exit_timeout_s: int = 5,
     log_verbose: int = 0,
 ) -> Iterator[ServerEndpoints]:
     """Serve ``repository`` with the ``tritonserver`` bundled in ``nvidia-pytriton``.
 
-    Yields once every model is READY; raises ``RuntimeError`` with the failing models and the
-    server's log otherwise. The server stops when the block exits (close clients first: the
-    server waits up to 5 s for open HTTP connections).
+    Yields once the server reports ready (every model loaded); raises ``RuntimeError`` with the
+    server's log if it exits or is not ready in time. The server is stopped (SIGINT, then
+    SIGKILL after ``exit_timeout_s`` more seconds) when the block exits.
     """
-    try:
-        from pytriton.triton import Triton, TritonConfig
-    except ImportError as error:
-        raise RuntimeError(f"serving needs nvidia-pytriton (pip install nvidia-pytriton): {error}") from None
     repository = Path(repository).resolve()
     if not any(repository.glob("*/config.pbtxt")):
         raise RuntimeError(f"{repository}: not a Triton model repository (no */config.pbtxt)")
-    config = TritonConfig(
-        model_repository=repository,
-        http_address=host,
-        http_port=http_port or free_port(host),
-        grpc_address=host,
-        grpc_port=grpc_port or free_port(host),
-        metrics_port=free_port(host),
-        allow_gpu_metrics=False,
-        exit_timeout_secs=5,
-        log_verbose=log_verbose,
-    )
-    server = Triton(config=config)
-    start = time.perf_counter()
+    binary, python_backend, libs = bundled_tritonserver()
+    http_port, grpc_port = http_port or free_port(host), grpc_port or free_port(host)
+    endpoints = ServerEndpoints(f"{host}:{http_port}", f"{host}:{grpc_port}")
+    with tempfile.TemporaryDirectory(prefix="rsd-triton-") as work:
+        work = Path(work)
+        backends = _python_backend_for_this_interpreter(python_backend, work)
+        library_path = [p for p in (interpreter_library_dir(), str(libs), os.environ.get("LD_LIBRARY_PATH")) if p]
+        env = {
+            **os.environ,
+            "LD_LIBRARY_PATH": os.pathsep.join(library_path),
+            # the stub finds this environment's packages (numpy, onnxruntime, rsd_deploy) through it
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+        }
+        command = [
+            str(binary),
+            f"--model-repository={repository}",
+            f"--backend-directory={backends}",
+            f"--backend-config=python,shm-region-prefix-name=rsd{os.getpid()}x{http_port}_",
+            "--backend-config=python,shm-default-byte-size=4194304",
+            "--backend-config=python,shm-growth-byte-size=16777216",
+            f"--http-address={host}", f"--http-port={http_port}",
+            f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+            "--allow-metrics=false",
+            f"--exit-timeout-secs={exit_timeout_s}",
+            f"--log-verbose={log_verbose}",
+        ]
+        log_path = work / "tritonserver.log"
+        start = time.perf_counter()
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while not _server_ready(endpoints.http):
+                if process.poll() is not None or time.perf_counter() - start > startup_timeout_s:
+                    state = f"exited with code {process.returncode}" if process.returncode is not None else f"not ready after {startup_timeout_s:.0f} s"
+                    raise RuntimeError(f"{repository}: tritonserver {state}; its log ends:\n{_tail(log_path)}")
+                time.sleep(0.25)
+            LOGGER.info("tritonserver ready in %.1f s: http %s, grpc %s", time.perf_counter() - start, endpoints.http, endpoints.grpc)
+            yield endpoints
+        finally:
+            _stop(process, exit_timeout_s)
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def _stop(process: subprocess.Popen, exit_timeout_s: int) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGINT)
     try:
-        with _library_path_first(interpreter_library_dir()):
-            server.run()
-        endpoints = ServerEndpoints(f"{host}:{config.http_port}", f"{host}:{config.grpc_port}")
-        expected = sorted(p.parent.name for p in repository.glob("*/config.pbtxt"))
-        while unready := _unready_models(endpoints.http, expected):
-            if time.perf_counter() - start > startup_timeout_s:
-                logs = server._triton_server.logs()[-6000:]  # PyTriton keeps the server's output
-                raise RuntimeError(f"{repository}: models not ready after {startup_timeout_s:.0f} s: {unready}\n{logs}")
-            time.sleep(0.5)
-        LOGGER.info("tritonserver ready in %.1f s: http %s, grpc %s", time.perf_counter() - start, endpoints.http, endpoints.grpc)
-        yield endpoints
-    finally:
-        server.stop()
+        process.wait(timeout=exit_timeout_s + 10)
+    except subprocess.TimeoutExpired:
+        process.kill()  # only our own server process (its python stubs exit with it)
+        process.wait(timeout=10)
 
 
 def main(argv: list[str] | None = None) -> int:
