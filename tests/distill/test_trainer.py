@@ -87,7 +87,7 @@ def test_one_step_of_each_objective_trains_the_student(tmp_path, teacher_dir, me
     assert "student/lpips" in values
 
 
-def test_teacher_step_reduces_nothing_it_should_not(tmp_path):
+def test_teacher_step_reports_its_losses(tmp_path):
     trainer = Trainer(_config(tmp_path, "teacher", 1))
     values = trainer.train_step(trainer._loader())
     assert set(values) >= {"unet/loss", "unet/mse", "unet/grad_norm"} and values["unet/loss"] > 0
