@@ -52,6 +52,17 @@ def list_images(folders: list[str]) -> list[Path]:
     return paths
 
 
+def read_image(source: Path | np.ndarray) -> np.ndarray:
+    """HxWx3 uint8 from an image file (or an array, returned as is)."""
+    if isinstance(source, np.ndarray):
+        return source
+    try:
+        with Image.open(source) as image:
+            return _rgb(np.asarray(image.convert("RGB")))
+    except OSError as error:
+        raise ValueError(f"{source}: not a readable image ({error})") from None
+
+
 class HRCrops(Dataset):
     """Random ``crop`` x ``crop`` HR patches with flips, item ``i`` determined by ``(seed, i)``.
 
@@ -70,19 +81,9 @@ class HRCrops(Dataset):
     def __len__(self) -> int:
         return 2**62  # an unbounded stream: items are drawn, not enumerated
 
-    def _image(self, index: int) -> np.ndarray:
-        source = self.sources[index]
-        if isinstance(source, np.ndarray):
-            return source
-        try:
-            with Image.open(source) as image:
-                return _rgb(np.asarray(image.convert("RGB")))
-        except OSError as error:
-            raise ValueError(f"{source}: not a readable image ({error})") from None
-
     def __getitem__(self, i: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, i])
-        image = self._image(int(rng.integers(len(self.sources))))
+        image = read_image(self.sources[int(rng.integers(len(self.sources)))])
         h, w = image.shape[:2]
         if h < self.crop or w < self.crop:
             pad = ((0, max(0, self.crop - h)), (0, max(0, self.crop - w)), (0, 0))
@@ -140,9 +141,9 @@ def step_seed(seed: int, step: int, rank: int, stream: int = 0) -> int:
     return int(state[0]) << 31 ^ int(state[1])
 
 
-def validation_pairs(sources: list[np.ndarray], crop: int, per_image: int, degradation: str, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+def validation_pairs(sources: list[Path | np.ndarray], crop: int, per_image: int, degradation: str, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
     """Fixed held-out (HR, LR) pairs in [0, 1]."""
-    crops = [c for image in sources for c in grid_crops(image, crop, per_image)]
+    crops = [c for source in sources for c in grid_crops(read_image(source), crop, per_image)]
     hr = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
     return hr, make_lr(hr, degradation, seed)
 

@@ -2,10 +2,11 @@
 
 The Real-ESRGAN model (Wang et al. 2021; ResShift, SinSR and RSD train with it) blurs, resizes,
 adds noise and JPEG-compresses twice, then applies a final resize, sinc filter and JPEG in random
-order. Everything runs on the batch's device (GPU when there is one). Filtering is kornia's
-``filter2d`` with per-sample kernels; only the blur kernels themselves (generalised / plateau Gaussians, circular sinc) are
-built here, in numpy, because no maintained library ships them. JPEG is libjpeg through OpenCV
-(per-sample quality), the codec real images went through.
+order. Filtering (kornia's ``filter2d`` with per-sample kernels), resizing and noise run on the
+batch's device (the GPU when there is one). The blur kernels (generalised / plateau Gaussians,
+circular sinc) are built here in numpy because no maintained library ships them. JPEG is libjpeg
+through OpenCV with a per-sample quality: the codec real images went through, for the price of a
+host round trip of a few milliseconds per batch.
 
 All randomness comes from one seed: parameters from a ``numpy.random.Generator``, noise from a
 ``torch.Generator``, so a batch is reproducible from ``(images, seed)``.

@@ -18,8 +18,8 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -102,9 +102,7 @@ class Trainer:
         self.objective = self._build_objective(teacher, self.lpips if need_lpips else None)
         for net in self.objective.networks.values():
             net.to(self.device)
-        for extra in ("teacher",):
-            if hasattr(self.objective, extra):
-                getattr(self.objective, extra).to(self.device)
+        teacher.to(self.device)  # frozen in the student stage; the trained network in the teacher stage
         self.optimizers = {name: self._optimizer(name, net) for name, net in self.objective.networks.items()}
         self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=config.run.precision == "fp16") for name in self.optimizers}
         self.wrapped = {name: self._wrap(net) for name, net in self.objective.networks.items()}
@@ -162,7 +160,7 @@ class Trainer:
 
     # --- data -------------------------------------------------------------------------------------
 
-    def _loader(self) -> iter:
+    def _loader(self) -> Iterator[torch.Tensor]:
         cfg = self.config.data
         dataset = HRCrops(load_sources(cfg.hr_dirs, cfg.photos), cfg.crop, seed=self.config.run.seed)
         per_step = len(self.objective.phases()) * self.config.optim.grad_accum
@@ -286,7 +284,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         cfg = self.config.data
-        sources = [np.asarray(s) if isinstance(s, np.ndarray) else HRCrops([s], 1)._image(0) for s in load_sources(cfg.val_dirs, cfg.val_photos)]
+        sources = load_sources(cfg.val_dirs, cfg.val_photos)
         hr, lr = validation_pairs(sources, cfg.val_crop, cfg.val_crops_per_image, cfg.degradation)
         pipe = self.pipeline().to(self.device)
         steps = 1 if self.config.stage == "student" else self.schedule.steps
@@ -356,6 +354,3 @@ class Trainer:
         if self.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
-
-def config_summary(config: TrainConfig) -> str:
-    return json.dumps(asdict(config), indent=1)
