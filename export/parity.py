@@ -1,0 +1,129 @@
+"""How close an exported graph is to PyTorch: relative L2 per stage, PSNR / LPIPS of HR images.
+
+- :func:`stage_parity`: ONNX Runtime vs the stage's torch module on the same inputs.
+- :func:`upscale_onnx`: the one-step SR through exported graphs (the fused ``pipeline`` graph, or
+  encoder -> generator -> decoder chained on the host), to compare whole HR images.
+- :func:`psnr` and :class:`Lpips`. LPIPS here is the ``lpips`` package's AlexNet variant with
+  its shipped linear-layer weights but a *randomly initialised* AlexNet backbone
+  (``pnet_rand=True``): torchvision's ImageNet weights cannot be downloaded in this workplace.
+  That number is a deterministic feature-space distance, not the perceptual LPIPS of the papers;
+  :attr:`Lpips.description` says which one was measured.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+import torch.nn.functional as F
+
+from rsd_deploy.pipeline import SRPipeline
+
+from .stages import StageSpec
+
+
+def providers() -> list[str]:
+    """CUDA EP where the installed ONNX Runtime has it, always the CPU EP."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+@lru_cache(maxsize=16)
+def _session(path: str, mtime: float) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(path, options, providers=providers())
+
+
+def session(path: str | Path) -> ort.InferenceSession:
+    path = Path(path)
+    return _session(str(path), path.stat().st_mtime)
+
+
+def run_onnx(path: str | Path, feeds: dict[str, torch.Tensor | np.ndarray]) -> list[np.ndarray]:
+    arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else v).astype(np.float32) for k, v in feeds.items()}
+    return session(path).run(None, arrays)
+
+
+def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
+    expected = np.asarray(expected, dtype=np.float64)
+    return float(np.linalg.norm(np.asarray(actual, dtype=np.float64) - expected) / max(np.linalg.norm(expected), 1e-12))
+
+
+def psnr(actual: torch.Tensor | np.ndarray, expected: torch.Tensor | np.ndarray) -> float:
+    """PSNR in dB of images in [0, 1] (over the whole batch); inf when identical."""
+    mse = float(np.mean((np.asarray(actual, dtype=np.float64) - np.asarray(expected, dtype=np.float64)) ** 2))
+    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
+
+
+@torch.no_grad()
+def stage_parity(stage: StageSpec, pipe: SRPipeline, onnx_path: str | Path, inputs: dict[str, torch.Tensor]) -> dict:
+    """Relative L2 error of each output (ONNX Runtime vs PyTorch) and both run times."""
+    module = stage.module(pipe)
+    start = time.perf_counter()
+    expected = module(*inputs.values())
+    torch_s = time.perf_counter() - start
+    expected = [expected] if isinstance(expected, torch.Tensor) else list(expected)
+    start = time.perf_counter()
+    actual = run_onnx(onnx_path, inputs)
+    ort_s = time.perf_counter() - start
+    errors = {name: relative_l2(a, e.numpy()) for name, a, e in zip(stage.output_names, actual, expected)}
+    return {"relative_l2": max(errors.values()), "per_output": errors, "torch_s": torch_s, "onnxruntime_s": ort_s}
+
+
+@torch.no_grad()
+def upscale_onnx(
+    graphs: dict[str, Path], pipe: SRPipeline, lr: torch.Tensor, eps: torch.Tensor, noise_map: torch.Tensor | None
+) -> torch.Tensor:
+    """HR images in [0, 1] from exported graphs: ``graphs["pipeline"]`` when given, else the
+    encoder, generator and decoder graphs with the host doing what lies between them.
+    ``lr`` sides are multiples of 64; ``eps`` / ``noise_map`` at LR size."""
+    extra = {"noise_map": noise_map} if noise_map is not None else {}
+    if "pipeline" in graphs:
+        return torch.from_numpy(run_onnx(graphs["pipeline"], {"lr": lr, "eps": eps, **extra})[0])
+    lq = lr.float() * 2 - 1
+    lq_up = F.interpolate(lq, scale_factor=pipe.codec.scale, mode="bicubic")
+    z_y = torch.from_numpy(run_onnx(graphs["encoder"], {"lq_up": lq_up})[0])
+    x_t = pipe.schedule.prior_sample(z_y, eps)
+    x0 = run_onnx(graphs["generator"], {"x_t": x_t, "lq": lq, **extra})[0]
+    hr = torch.from_numpy(run_onnx(graphs["decoder"], {"z": x0})[0])
+    return ((hr + 1) / 2).clamp(0, 1)
+
+
+class Lpips:
+    """LPIPS (AlexNet, the package's linear weights). ``pretrained_backbone`` is False here:
+    torchvision's ImageNet AlexNet weights cannot be downloaded, so the backbone is random."""
+
+    def __init__(self):
+        import contextlib
+        import io
+
+        import lpips
+
+        self.pretrained_backbone = _alexnet_weights_cached()
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not self.pretrained_backbone, verbose=False).eval()
+        self.description = (
+            "LPIPS (AlexNet, ImageNet backbone)"
+            if self.pretrained_backbone
+            else "LPIPS-alex with a RANDOM AlexNet backbone (torchvision weights not downloadable here; "
+            "the package's linear heads, seed 0): a feature distance, not perceptual LPIPS"
+        )
+
+    @torch.no_grad()
+    def __call__(self, actual: torch.Tensor, expected: torch.Tensor) -> float:
+        """Mean distance between image batches in [0, 1]."""
+        return float(self.model(actual.float() * 2 - 1, expected.float() * 2 - 1).mean())
+
+
+def _alexnet_weights_cached() -> bool:
+    """Whether torchvision's AlexNet ImageNet weights are already in the torch hub cache."""
+    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
+    if not any(checkpoints.glob("alexnet-*.pth")):
+        torch.manual_seed(0)  # the random backbone is the same on every run
+        return False
+    return True

@@ -1,0 +1,214 @@
+"""Reduced-precision graphs: fp16 with explicit fp32 islands, and INT8 with explicit Q/DQ.
+
+TensorRT 10.12+ / 11 builds strongly typed networks, so precision is decided here, in the ONNX
+file, not by builder flags:
+
+- fp16: ModelOpt AutoCast (``modelopt.onnx.autocast.convert_to_mixed_precision``) converts the
+  graph to fp16 and inserts Casts around the nodes that must stay fp32: normalisations (GroupNorm
+  exports as InstanceNormalization), softmax, mean reductions, the sinusoidal time embedding,
+  and the VQ codebook search (distance + ArgMin: fp16 rounding changes which code wins). AutoCast
+  also keeps in fp32 any node whose values exceed fp16's safe range on the calibration inputs.
+- INT8: ModelOpt ONNX PTQ (``modelopt.onnx.quantization.quantize``) inserts symmetric Q/DQ pairs
+  (zero point 0, as TensorRT wants) with scales calibrated on real images through ONNX Runtime's
+  CPU EP. Left unquantized, as NVIDIA's diffusion demo does: time embedding and FiLM layers,
+  first / last convolutions, attention matmuls (q k^T, attn v), norms, softmax, the codebook
+  search. Non-quantized ops stay fp32 by default so the graph runs and is measured in ONNX
+  Runtime on CPU; ``high_precision="fp16"`` gives the faster TensorRT variant.
+
+Graph inputs and outputs stay float32 in every precision, so all variants share one signature.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from rsd_deploy.atomic import atomic_path
+
+from .onnx_export import read_metadata, set_metadata
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+# fp16: op types that overflow or lose the result in fp16
+FP32_OP_TYPES = (
+    "GroupNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ArgMin",
+    "Sin",
+    "Cos",
+)
+FP32_NODE_PATTERNS = (r".*time_embed.*",)
+
+# INT8: node-name patterns left unquantized (names follow the torch module paths)
+INT8_EXCLUDED_PATTERNS = (
+    r".*time_embed.*",  # time embedding MLP
+    r".*emb_layers.*",  # FiLM scale/shift from the time embedding
+    r".*/input_blocks\.0/.*",  # UNet first conv (sees the noise map and the LR image)
+    r".*/out/out\.2/.*",  # UNet last conv (writes x0)
+    r".*/attn/MatMul.*",  # window attention q k^T and attn @ v
+    r".*/attentions\.\d+/MatMul.*",  # VQ mid-block attention BMMs
+    r".*/(encoder|decoder)/conv_(in|out)/.*",  # VQ first / last convs
+    r".*/(post_)?quant_conv/.*",  # latent projections
+)
+INT8_EXCLUDED_OP_TYPES = ("Softmax", "InstanceNormalization", "GroupNormalization", "LayerNormalization")
+CALIBRATION_METHODS = ("entropy", "max")
+
+
+def codebook_search_nodes(model: onnx.ModelProto, depth: int = 4) -> list[str]:
+    """Names of the VQ nearest-code search nodes: ArgMin and what feeds it within ``depth``
+    producers (|z|^2 + |e|^2 - 2 z.e). Found by structure, so it works in every graph."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    found: set[str] = set()
+    frontier = [node for node in model.graph.node if node.op_type == "ArgMin"]
+    for _ in range(depth + 1):
+        next_frontier = []
+        for node in frontier:
+            if node.name in found:
+                continue
+            found.add(node.name)
+            next_frontier += [producer[i] for i in node.input if i in producer and producer[i].op_type not in ("Shape", "Constant")]
+        frontier = next_frontier
+    return sorted(found)
+
+
+@contextlib.contextmanager
+def _quiet(logger_names=("modelopt", "modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization")):
+    """ModelOpt logs every node at INFO; keep its warnings, drop the chatter."""
+    saved = {name: logging.getLogger(name).level for name in logger_names}
+    for name in logger_names:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: dict[str, np.ndarray]) -> dict:
+    """fp16 graph with fp32 islands (see the module docstring). ``calibration``: one batch of
+    real stage inputs (name -> array); AutoCast runs the fp32 graph on it in ONNX Runtime to find
+    nodes whose values would overflow fp16. Returns a summary of what stayed fp32."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    source = onnx.load(str(fp32_path))
+    keep_nodes = [*FP32_NODE_PATTERNS, *(re.escape(n) for n in codebook_search_nodes(source))]
+    with tempfile.TemporaryDirectory() as scratch, _quiet():
+        data = Path(scratch) / "calibration.npz"
+        np.savez(data, **calibration)
+        model = convert_to_mixed_precision(
+            str(fp32_path),
+            low_precision_type="fp16",
+            op_types_to_exclude=list(FP32_OP_TYPES),
+            nodes_to_exclude=keep_nodes,
+            keep_io_types=True,
+            calibration_data=str(data),
+        )
+    summary = fp16_summary(model)
+    _drop_intermediate_shapes(model)
+    set_metadata(model, **{**read_metadata(source), "precision": "fp16"})
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return summary
+
+
+def _drop_intermediate_shapes(model: onnx.ModelProto) -> None:
+    """Forget the intermediate shapes AutoCast's shape inference recorded (element types stay):
+    some are wrong for batch > 1, and ONNX Runtime's memory planner trusts them."""
+    for value in model.graph.value_info:
+        value.type.tensor_type.ClearField("shape")
+
+
+def fp16_summary(model: onnx.ModelProto) -> dict:
+    """Which compute nodes of an fp16 graph run in fp32 (their outputs are float32)."""
+    types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output)}
+    fp32_ops: Counter = Counter()
+    fp16_ops = 0
+    for node in model.graph.node:
+        if node.op_type in ("Cast", "Constant", "Shape") or not node.output:
+            continue
+        elem = types.get(node.output[0])
+        if elem == onnx.TensorProto.FLOAT:
+            fp32_ops[node.op_type] += 1
+        elif elem == onnx.TensorProto.FLOAT16:
+            fp16_ops += 1
+    casts = sum(1 for node in model.graph.node if node.op_type == "Cast")
+    return {"fp16_nodes": fp16_ops, "fp32_nodes_by_type": dict(fp32_ops.most_common()), "casts": casts}
+
+
+def quantize_int8(
+    fp32_path: str | Path,
+    out_path: str | Path,
+    calibration: dict[str, np.ndarray],
+    method: str = "entropy",
+    high_precision: str = "fp32",
+) -> dict:
+    """INT8 Q/DQ graph calibrated on ``calibration`` (name -> array, batch along axis 0).
+    Returns a summary: Q/DQ counts and the nodes left unquantized on purpose."""
+    from modelopt.onnx.quantization import quantize
+
+    if method not in CALIBRATION_METHODS:
+        raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
+    if high_precision not in ("fp32", "fp16"):
+        raise ValueError(f"high_precision must be fp32 or fp16, got {high_precision!r}")
+    fp32_path, out_path = Path(fp32_path), Path(out_path)
+    source = onnx.load(str(fp32_path))
+    codebook = codebook_search_nodes(source)
+    exclude = [*INT8_EXCLUDED_PATTERNS, *(re.escape(n) for n in codebook)]
+    with tempfile.TemporaryDirectory() as scratch, _quiet(), contextlib.redirect_stdout(io.StringIO()):
+        quantized = Path(scratch) / "model.int8.onnx"
+        quantize(
+            str(fp32_path),
+            quantize_mode="int8",
+            calibration_data=calibration,
+            calibration_method=method,
+            calibration_eps=["cpu"],
+            op_types_to_exclude=list(INT8_EXCLUDED_OP_TYPES),
+            nodes_to_exclude=exclude,
+            high_precision_dtype=high_precision,
+            output_path=str(quantized),
+            log_level="WARNING",
+        )
+        model = onnx.load(str(quantized))
+    set_metadata(model, **{**read_metadata(source), "precision": "int8", "int8": {"calibration_method": method, "high_precision": high_precision}})
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, str(tmp))
+        onnx.checker.check_model(str(tmp))
+    return int8_summary(model)
+
+
+def int8_summary(model: onnx.ModelProto) -> dict:
+    """Q/DQ counts, quantized compute ops by type, and zero points (must all be 0)."""
+    produced_by = {out: node for node in model.graph.node for out in node.output}
+    quantized_ops: Counter = Counter()
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm") and any(
+            i in produced_by and produced_by[i].op_type == "DequantizeLinear" for i in node.input
+        ):
+            quantized_ops[node.op_type] += 1
+    compute = Counter(n.op_type for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose", "MatMul", "Gemm"))
+    initializers = {init.name: init for init in model.graph.initializer}
+    nonzero_zero_points = 0
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear" and len(node.input) > 2 and node.input[2] in initializers:
+            nonzero_zero_points += int(np.any(onnx.numpy_helper.to_array(initializers[node.input[2]]) != 0))
+    ops = Counter(n.op_type for n in model.graph.node)
+    return {
+        "quantize_linear": ops["QuantizeLinear"],
+        "dequantize_linear": ops["DequantizeLinear"],
+        "quantized_ops": dict(quantized_ops),
+        "compute_ops": dict(compute),
+        "nonzero_zero_points": nonzero_zero_points,
+    }
