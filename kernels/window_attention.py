@@ -65,7 +65,7 @@ def window_attention_kernel(
     qkv_ptr,  # (B, 3C, H, W) contiguous, channels [q | k | v], head-major inside each
     bias_ptr,  # (NUM_HEADS, N, N) contiguous relative position bias
     n_wy,  # int32: windows along H (H = n_wy * WINDOW)
-    n_wx,  # int32: windows along W
+    n_wx,  # int32: windows along W; a multiple of WINDOWS_PER_PROGRAM
     out_ptr,  # (B, C, H, W) contiguous
     NUM_HEADS: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -76,21 +76,23 @@ def window_attention_kernel(
     BLOCK_D: tl.constexpr,  # next power of two >= HEAD_DIM (and >= 16)
     DOT_PRECISION: tl.constexpr,  # "ieee" keeps fp32 inputs exact; no effect on fp16 / bf16
     VEC: tl.constexpr,  # gcd(SHIFT, WINDOW): length of the contiguous column runs of a shifted window
+    WINDOWS_PER_PROGRAM: tl.constexpr,  # neighbouring windows along W handled one after the other
 ):
     N: tl.constexpr = WINDOW * WINDOW
     C: tl.constexpr = NUM_HEADS * HEAD_DIM
     EVEN_N: tl.constexpr = BLOCK_N == N
     EVEN_D: tl.constexpr = BLOCK_D == HEAD_DIM
 
-    # Windows vary fastest so that programs running side by side read neighbouring windows,
-    # which share DRAM sectors (a window row is only 8 contiguous elements).
-    # Window counts rather than H and W are passed so that the compiler knows W is a
-    # multiple of WINDOW: with that, window rows become vector loads without specialising W.
+    # Window counts rather than H and W are passed so that the compiler knows W is a multiple
+    # of WINDOW: with that, window rows become vector loads without specialising W.
     H = n_wy * WINDOW
     W = n_wx * WINDOW
+    # Windows vary fastest so that programs running side by side read neighbouring windows,
+    # which share DRAM sectors (a window row is only 8 contiguous elements).
     pid = tl.program_id(0)
-    wx = pid % n_wx
-    rest = pid // n_wx
+    n_groups = n_wx // WINDOWS_PER_PROGRAM
+    group = pid % n_groups
+    rest = pid // n_groups
     wy = rest % n_wy
     rest = rest // n_wy
     head = rest % NUM_HEADS
@@ -99,19 +101,25 @@ def window_attention_kernel(
     tok = tl.arange(0, BLOCK_N)
     iy = tok // WINDOW
     ix = tok % WINDOW
+    d = tl.arange(0, BLOCK_D)
+    nd_ok = (tok[:, None] < N) & (d[None, :] < HEAD_DIM)
+    dn_ok = (d[:, None] < HEAD_DIM) & (tok[None, :] < N)
     if SHIFT > 0:
         row = (wy * WINDOW + iy + SHIFT) % H
-        # Same as (wx*WINDOW + ix + SHIFT) % W, written so that Triton's axis analysis sees
-        # runs of VEC contiguous columns (VEC = gcd(SHIFT, WINDOW) divides W, so no run wraps)
-        # and vectorises the loads; a plain modulo hides all contiguity. Built from `tok`, not
-        # `ix`, because the analysis only tracks divisions of a fully contiguous range.
-        run_start = ((tok // VEC) % (WINDOW // VEC)) * VEC
-        col = (wx * WINDOW + SHIFT + run_start) % W + tok % VEC
     else:
         row = wy * WINDOW + iy
-        col = wx * WINDOW + ix
-    pix = row * W + col  # (BLOCK_N,) pixel offset inside one channel plane
-    d = tl.arange(0, BLOCK_D)
+
+    # The bias (per head) and the shift mask (per window row) are the same for every window of a
+    # program. The bias stays in its storage dtype until used: an fp32 copy would cost 16 more
+    # registers a thread and occupancy with it.
+    bias_ptrs = bias_ptr + head * (N * N) + tok[:, None] * N + tok[None, :]
+    if EVEN_N:
+        bias = tl.load(bias_ptrs)
+    else:
+        bias = tl.load(bias_ptrs, mask=(tok[:, None] < N) & (tok[None, :] < N), other=0.0)
+    if SHIFT > 0:
+        label_row = wy * WINDOW + ix  # column-major token numbering of the official mask
+        label = (label_row >= H - WINDOW).to(tl.int32) + (label_row >= H - SHIFT).to(tl.int32)
 
     # Scalar parts of the offsets in int64 (B * 3C * H * W can pass 2^31 on big latents);
     # the per-element parts stay int32: HEAD_DIM * H * W is far below 2^31.
@@ -122,53 +130,57 @@ def window_attention_kernel(
     o_base = out_ptr + (b.to(tl.int64) * C + head * HEAD_DIM) * hw
     plane = d * (H * W)  # (BLOCK_D,)
 
-    q_ptrs = q_base + pix[:, None] + plane[None, :]  # (BLOCK_N, BLOCK_D)
-    kt_ptrs = k_base + plane[:, None] + pix[None, :]  # (BLOCK_D, BLOCK_N): k^T directly
-    v_ptrs = v_base + pix[:, None] + plane[None, :]
-    bias_ptrs = bias_ptr + head * (N * N) + tok[:, None] * N + tok[None, :]
+    for j in tl.static_range(WINDOWS_PER_PROGRAM):
+        wx = group * WINDOWS_PER_PROGRAM + j
+        if SHIFT > 0:
+            # Same as (wx*WINDOW + ix + SHIFT) % W, written so that Triton's axis analysis sees
+            # runs of VEC contiguous columns (VEC = gcd(SHIFT, WINDOW) divides W, so no run
+            # wraps) and vectorises the loads; a plain modulo hides all contiguity. Built from
+            # `tok`, not `ix`: the analysis only tracks divisions of a fully contiguous range.
+            run_start = ((tok // VEC) % (WINDOW // VEC)) * VEC
+            col = (wx * WINDOW + SHIFT + run_start) % W + tok % VEC
+        else:
+            col = wx * WINDOW + ix
+        pix = row * W + col  # (BLOCK_N,) pixel offset inside one channel plane
 
-    if EVEN_N and EVEN_D:
-        q = tl.load(q_ptrs)
-        kt = tl.load(kt_ptrs)
-        v = tl.load(v_ptrs)
-    else:
-        nd_ok = (tok[:, None] < N) & (d[None, :] < HEAD_DIM)
-        dn_ok = (d[:, None] < HEAD_DIM) & (tok[None, :] < N)
-        q = tl.load(q_ptrs, mask=nd_ok, other=0.0)
-        kt = tl.load(kt_ptrs, mask=dn_ok, other=0.0)
-        v = tl.load(v_ptrs, mask=nd_ok, other=0.0)
-    if EVEN_N:
-        bias = tl.load(bias_ptrs)
-    else:
-        bias = tl.load(bias_ptrs, mask=(tok[:, None] < N) & (tok[None, :] < N), other=0.0)
+        q_ptrs = q_base + pix[:, None] + plane[None, :]  # (BLOCK_N, BLOCK_D)
+        kt_ptrs = k_base + plane[:, None] + pix[None, :]  # (BLOCK_D, BLOCK_N): k^T directly
+        v_ptrs = v_base + pix[:, None] + plane[None, :]
+        if EVEN_N and EVEN_D:
+            q = tl.load(q_ptrs)
+            kt = tl.load(kt_ptrs)
+            v = tl.load(v_ptrs)
+        else:
+            q = tl.load(q_ptrs, mask=nd_ok, other=0.0)
+            kt = tl.load(kt_ptrs, mask=dn_ok, other=0.0)
+            v = tl.load(v_ptrs, mask=nd_ok, other=0.0)
 
-    # Scores in fp32; scaling after the dot is the more accurate order and costs nothing.
-    s = tl.dot(q, kt, input_precision=DOT_PRECISION) * SCALE + bias.to(tl.float32)
-    if SHIFT > 0:
-        label_row = wy * WINDOW + ix  # column-major token numbering of the official mask
-        label = (label_row >= H - WINDOW).to(tl.int32) + (label_row >= H - SHIFT).to(tl.int32)
-        s = tl.where(label[:, None] != label[None, :], s + MASK_VALUE_CONST, s)
-    if not EVEN_N:
-        # padding keys of a non-power-of-two window must get exactly zero weight
-        s = tl.where(tok[None, :] < N, s, float("-inf"))
+        # Scores in fp32; scaling after the dot is the more accurate order and costs nothing.
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * SCALE + bias.to(tl.float32)
+        if SHIFT > 0:
+            s = tl.where(label[:, None] != label[None, :], s + MASK_VALUE_CONST, s)
+        if not EVEN_N:
+            # padding keys of a non-power-of-two window must get exactly zero weight
+            s = tl.where(tok[None, :] < N, s, float("-inf"))
+        m = tl.max(s, axis=1)
+        p = tl.exp2((s - m[:, None]) * LOG2E_CONST)
+        denom = tl.sum(p, axis=1)
+        o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION) / denom[:, None]
 
-    m = tl.max(s, axis=1)
-    p = tl.exp2((s - m[:, None]) * LOG2E_CONST)
-    denom = tl.sum(p, axis=1)
-    o = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION) / denom[:, None]
-
-    o_ptrs = o_base + pix[:, None] + plane[None, :]
-    if EVEN_N and EVEN_D:
-        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty))
-    else:
-        tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=nd_ok)
+        o_ptrs = o_base + pix[:, None] + plane[None, :]
+        if EVEN_N and EVEN_D:
+            tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty))
+        else:
+            tl.store(o_ptrs, o.to(out_ptr.dtype.element_ty), mask=nd_ok)
 
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def kernel_meta(num_heads: int, head_dim: int, window: int, shift: int, scale: float) -> dict:
+def kernel_meta(
+    num_heads: int, head_dim: int, window: int, shift: int, scale: float, windows_per_program: int = 1
+) -> dict:
     """The compile-time arguments of :func:`window_attention_kernel` for one Swin block."""
     return dict(
         NUM_HEADS=num_heads,
@@ -180,6 +192,7 @@ def kernel_meta(num_heads: int, head_dim: int, window: int, shift: int, scale: f
         BLOCK_D=max(16, _next_pow2(head_dim)),
         DOT_PRECISION="ieee",
         VEC=math.gcd(shift, window) if shift else window,
+        WINDOWS_PER_PROGRAM=windows_per_program,
     )
 
 
@@ -230,11 +243,15 @@ def window_attention(
     scale: float,
     out: torch.Tensor | None = None,
     num_warps: int | None = None,
+    windows_per_program: int = 1,
 ) -> torch.Tensor:
     """Launch the fused kernel (no autograd). Same contract as the ``reference`` backend.
 
     ``out``, if given, must be a contiguous (B, C, H, W) tensor of ``qkv``'s dtype and device;
     it is filled and returned (the tests pass a NaN-poisoned one to prove every element is written).
+    ``num_warps`` and ``windows_per_program`` (neighbouring windows along W per program, which
+    then share the bias, the mask and the DRAM sectors of their rows; must divide W / window)
+    are tuning knobs for the benchmark.
     """
     _check(qkv, bias, num_heads, window, shift)
     b, c3, h, w = qkv.shape
@@ -248,8 +265,10 @@ def window_attention(
         raise ValueError("out must be a contiguous (B, C, H, W) tensor with qkv's dtype and device")
     if out.numel() == 0:
         return out
-    grid = (b * num_heads * (h // window) * (w // window),)
-    meta = kernel_meta(num_heads, c // num_heads, window, shift, scale)
+    if windows_per_program < 1 or (w // window) % windows_per_program:
+        raise ValueError(f"windows_per_program={windows_per_program} must divide the {w // window} windows along W")
+    grid = (b * num_heads * (h // window) * (w // window // windows_per_program),)
+    meta = kernel_meta(num_heads, c // num_heads, window, shift, scale, windows_per_program)
     with torch.cuda.device(qkv.device) if qkv.is_cuda else contextlib.nullcontext():
         window_attention_kernel[grid](
             qkv, bias, h // window, w // window, out, **meta, num_warps=num_warps or default_num_warps(qkv.dtype)

@@ -110,6 +110,19 @@ def test_other_windows_and_head_dims(window, head_dim, h, w, shift, kernel_devic
     assert rel(out, reference64(qkv, bias, 2, window, shift, head_dim**-0.5)) < TOL[torch.float32]
 
 
+@pytest.mark.parametrize("per_program", [2, 4])
+def test_several_windows_per_program(per_program, kernel_device, rel):
+    qkv, bias = make_inputs(per_program, 2, 2, 32, 16, 32, 8, torch.float16, kernel_device)
+    ref = reference64(qkv, bias, 2, 8, 4, 32**-0.5)
+    out = torch.full_like(ref, float("nan"), dtype=qkv.dtype)[:, :64]
+    wa.window_attention(
+        qkv, bias, num_heads=2, window=8, shift=4, scale=32**-0.5, out=out, windows_per_program=per_program
+    )
+    assert rel(out, ref) < TOL[torch.float16]
+    with pytest.raises(ValueError, match="must divide"):
+        wa.window_attention(qkv[..., :24], bias, num_heads=2, window=8, shift=4, scale=0.2, windows_per_program=2)
+
+
 def test_non_contiguous_input_and_fp32_bias(kernel_device, rel):
     qkv, bias = make_inputs(3, 1, 1, 32, 16, 16, 8, torch.float16, kernel_device)
     ref = reference64(qkv, bias, 1, 8, 4, 32**-0.5)
