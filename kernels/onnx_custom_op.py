@@ -12,16 +12,21 @@ trt_plugin` (which runs the fused Triton kernel, compiled ahead of time into the
   implementation, so the engine runs from C++ / trtexec without Python), and the op's own
   ``num_heads``, ``window``, ``shift`` (ints) and ``scale`` (float).
 
-How the export code uses it (torch >= 2.9, dynamo exporter)::
+How the export code uses it::
 
     from rsd_deploy.kernels import onnx_custom_op
 
     with onnx_custom_op.plugin_attention(unet):          # every WindowAttention -> "trt_plugin"
-        program = torch.onnx.export(
+        program = torch.onnx.export(                     # dynamo exporter (torch >= 2.9)
             unet, args, dynamo=True, **onnx_custom_op.export_kwargs(), ...)
+        # or the TorchScript exporter:
+        torch.onnx.export(unet, args, path, dynamo=False,
+                          **onnx_custom_op.export_kwargs(exporter="torchscript"), ...)
 
-``export_kwargs(aot=True)`` returns ``{"custom_translation_table": {...}}``, the only extra
-keyword argument; ``plugin_attention`` restores each block's previous backend on exit. The
+``export_kwargs(aot=True, exporter="dynamo")`` returns the extra keyword arguments
+(``custom_translation_table``, or ``custom_opsets`` for TorchScript);
+``plugin_attention`` restores each block's previous backend on exit. The nodes survive
+onnxslim. The
 resulting graph only runs where the plugin is registered (TensorRT with
 ``rsd_deploy.kernels.trt_plugin.register()`` called at build time); ONNX Runtime cannot run it.
 :func:`plugin_nodes` lists the custom nodes of a model for checks.
@@ -135,13 +140,43 @@ def _translation(aot: bool):
     return window_attention_onnx
 
 
-def export_kwargs(aot: bool = True) -> dict:
-    """Extra keyword arguments for ``torch.onnx.export(..., dynamo=True)`` in the plugin mode.
+def _torchscript_symbolic(aot: bool):
+    from torch.onnx import symbolic_helper
 
+    def window_attention_symbolic(g, qkv, bias, num_heads, window, shift, scale):
+        const = symbolic_helper._get_const
+        out = g.op(
+            f"{ONNX_DOMAIN}::{PLUGIN_NAME}",
+            qkv,
+            bias,
+            plugin_namespace_s=PLUGIN_NAMESPACE,
+            plugin_version_s=PLUGIN_VERSION,
+            aot_i=int(aot),
+            num_heads_i=const(num_heads, "i", "num_heads"),
+            window_i=const(window, "i", "window"),
+            shift_i=const(shift, "i", "shift"),
+            scale_f=const(scale, "f", "scale"),
+        )
+        return out.setType(qkv.type().with_sizes(None))  # dtype of qkv; C differs, left symbolic
+
+    return window_attention_symbolic
+
+
+def export_kwargs(aot: bool = True, exporter: str = "dynamo") -> dict:
+    """Extra keyword arguments for ``torch.onnx.export`` in the plugin mode.
+
+    exporter: ``"dynamo"`` (``dynamo=True``) returns ``{"custom_translation_table": ...}``;
+    ``"torchscript"`` (``dynamo=False``) registers the op's symbolic function with the TorchScript
+    exporter (process-wide, the last call's ``aot`` wins) and returns ``{"custom_opsets": ...}``.
     ``aot=False`` marks the nodes for the plugin's Python (JIT) implementation instead, which
     needs the Python plugin definitions when the engine runs.
     """
-    return {"custom_translation_table": {torch.ops.rsd_deploy.window_attention.default: _translation(aot)}}
+    if exporter == "dynamo":
+        return {"custom_translation_table": {torch.ops.rsd_deploy.window_attention.default: _translation(aot)}}
+    if exporter == "torchscript":
+        torch.onnx.register_custom_op_symbolic(f"{PLUGIN_NAMESPACE}::{PLUGIN_NAME}", _torchscript_symbolic(aot), 1)
+        return {"custom_opsets": {ONNX_DOMAIN: 1}}
+    raise ValueError(f"exporter must be 'dynamo' or 'torchscript', got {exporter!r}")
 
 
 @contextlib.contextmanager

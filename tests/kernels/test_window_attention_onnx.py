@@ -54,6 +54,21 @@ def test_plugin_mode_one_node_per_window_attention(stage):
     onnx.checker.check_model(model, full_check=True)
 
 
+def test_plugin_mode_torchscript_exporter(stage, tmp_path):
+    x = torch.randn(1, 16, 16, 24)
+    path = tmp_path / "stage.onnx"
+    with plugin_op.plugin_attention(stage):
+        torch.onnx.export(
+            stage, (x,), str(path), dynamo=False, opset_version=19, input_names=["x"], output_names=["y"],
+            dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"}}, **plugin_op.export_kwargs(exporter="torchscript"),
+        )
+    model = onnx.load(str(path))
+    nodes = plugin_op.plugin_nodes(model)
+    assert [onnx.helper.get_attribute_value(a) for n in nodes for a in n.attribute if a.name == "shift"] == [0, 4]
+    assert not {"Softmax", "MatMul", "Transpose"} & {n.op_type for n in model.graph.node}
+    onnx.checker.check_model(model)
+
+
 def test_plugin_mode_needs_swin_blocks():
     with pytest.raises(ValueError, match="no WindowAttention"):
         with plugin_op.plugin_attention(torch.nn.Conv2d(3, 3, 1)):
