@@ -41,7 +41,7 @@ TARGETS = {"vs_eager": 3.0, "vs_sdpa": 1.5, "roofline_b16": 0.5}
 def _parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--grids", type=int, nargs="+", default=[64, 32, 16, 8, 128], help="windows... map side in tokens")
+    p.add_argument("--grids", type=int, nargs="+", default=[64, 32, 16, 8, 128], help="map sides (tokens); 64/32/16/8 are the levels of a 64x64 latent")
     p.add_argument("--batches", type=int, nargs="+", default=[1, 16])
     p.add_argument("--graphs", action="store_true", help="also time each op inside a CUDA graph")
     p.add_argument("--num-warps", type=int, default=None, help="override the kernel's warps per program")

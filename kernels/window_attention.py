@@ -217,6 +217,9 @@ def _check(qkv: torch.Tensor, bias: torch.Tensor, num_heads: int, window: int, s
     if not 0 <= shift < window:
         raise ValueError(f"shift must be in [0, window), got {shift} for window {window}")
     n = window * window
+    if n > 128:
+        # the whole N x N score tile lives in registers; past 128 tokens it would spill badly
+        raise ValueError(f"window {window} ({n} tokens) is too large for the one-tile kernel (at most 128 tokens)")
     if tuple(bias.shape) != (num_heads, n, n):
         raise ValueError(f"bias must be (heads, N, N) = {(num_heads, n, n)}, got {tuple(bias.shape)}")
     if qkv.dtype not in (torch.float16, torch.bfloat16, torch.float32):

@@ -158,6 +158,7 @@ def test_empty_batch(kernel_device):
         ((1, 96, 16, 16), (1, 64, 64), dict(num_heads=1, window=8, shift=8), "shift must be"),
         ((1, 96, 16, 16), (2, 64, 64), dict(num_heads=1, window=8, shift=0), "bias must be"),
         ((1, 90, 16, 16), (4, 64, 64), dict(num_heads=4, window=8, shift=0), "not a multiple"),
+        ((1, 96, 16, 16), (1, 256, 256), dict(num_heads=1, window=16, shift=0), "too large"),
     ],
 )
 def test_bad_arguments_are_clear_errors(shape, bias_shape, kwargs, error, kernel_device):
