@@ -59,6 +59,17 @@ def _driver_ptx_version() -> int | None:
     return ptx_get_version(f"{version.value // 1000}.{(version.value % 1000) // 10}")
 
 
+def _default_ptx_version(arch: int) -> int | None:
+    """The lower of what Triton's ptxas emits for ``arch`` and what the driver can JIT; None
+    (Triton's choice) without a driver."""
+    driver = _driver_ptx_version()
+    if driver is None:
+        return None
+    from triton.backends.nvidia.compiler import CUDAOptions, get_ptx_version_from_options
+
+    return min(driver, get_ptx_version_from_options(CUDAOptions(), arch))
+
+
 def _strip_trailing_params(ptx: str, name: str, keep: int) -> str:
     """Drop the entry parameters after the first ``keep`` (Triton >= 3.3 appends global / profile
     scratch pointers that TensorRT does not pass); refuses if the body reads any of them."""
@@ -121,11 +132,7 @@ def compile_kernel(
         target = triton.runtime.driver.active.get_current_target()
     options = {}
     if ptx_version is None:
-        ptx_version = _driver_ptx_version()
-        if ptx_version is not None:
-            from triton.backends.nvidia.compiler import get_ptx_version_from_options, CUDAOptions
-
-            ptx_version = min(ptx_version, get_ptx_version_from_options(CUDAOptions(), target.arch))
+        ptx_version = _default_ptx_version(target.arch)
     if ptx_version is not None:
         options["ptx_version"] = ptx_version
     options["num_warps"] = default_num_warps(getattr(torch, dtype))

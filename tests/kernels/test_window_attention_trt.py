@@ -58,6 +58,18 @@ def test_scratch_parameters_in_use_are_refused():
     assert "k_param_1" not in stripped and "k_param_0" in stripped
 
 
+def test_ptx_version_capped_by_the_driver(monkeypatch):
+    from triton.backends.nvidia.compiler import CUDAOptions, get_ptx_version_from_options
+
+    triton_default = get_ptx_version_from_options(CUDAOptions(), 90)
+    monkeypatch.setattr(trt_plugin, "_driver_ptx_version", lambda: 84)  # e.g. a CUDA 12.4 driver
+    assert trt_plugin._default_ptx_version(90) == min(84, triton_default)
+    monkeypatch.setattr(trt_plugin, "_driver_ptx_version", lambda: 200)
+    assert trt_plugin._default_ptx_version(90) == triton_default
+    monkeypatch.setattr(trt_plugin, "_driver_ptx_version", lambda: None)
+    assert trt_plugin._default_ptx_version(90) is None
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed")
 def test_register_without_tensorrt_says_what_is_missing():
     with pytest.raises(ImportError, match="TensorRT >= 10.9"):
