@@ -23,6 +23,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; artifacts are read by other users (e.g. a Triton server)
+        umask = os.umask(0)
+        os.umask(umask)
+        if tmp.is_file():
+            tmp.chmod(0o666 & ~umask)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
