@@ -115,22 +115,27 @@ def reference_window_attention(
 def sdpa_window_attention(
     qkv: torch.Tensor, bias: torch.Tensor, *, num_heads: int, window: int, shift: int, scale: float
 ) -> torch.Tensor:
-    """The same function through ``scaled_dot_product_attention`` with an additive float mask."""
+    """The same function through ``scaled_dot_product_attention`` with an additive float mask.
+
+    Windows are folded into the head axis, (B, nW * heads, N, d), so one (nW * heads, N, N)
+    bias + mask broadcasts over the batch instead of being repeated per image.
+    """
     b, c3, h, w = qkv.shape
     c = c3 // 3
     n = window * window
+    n_windows = (h // window) * (w // window)
     if shift:
         qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(2, 3))
-    tokens = window_partition(qkv, window)
-    heads = tokens.reshape(-1, n, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = heads[0], heads[1], heads[2]
-    additive = bias.to(q.dtype).unsqueeze(0)  # (1, heads, N, N)
+    tokens = window_partition(qkv, window)  # (B*nW, N, 3C)
+    heads = tokens.reshape(b, n_windows, n, 3, num_heads, c // num_heads).permute(3, 0, 1, 4, 2, 5)
+    q, k, v = (t.reshape(b, n_windows * num_heads, n, c // num_heads) for t in heads)
+    additive = bias.to(q.dtype).unsqueeze(0).expand(n_windows, -1, -1, -1)  # (nW, heads, N, N)
     if shift:
-        mask = shift_mask(h, w, window, shift, q.device).to(q.dtype)
-        # windows are batch-major, so tiling the (nW, ...) mask B times lines it up with q
-        additive = (additive + mask.unsqueeze(1)).repeat(b, 1, 1, 1)
+        additive = additive + shift_mask(h, w, window, shift, q.device).to(q.dtype).unsqueeze(1)
+    additive = additive.reshape(1, n_windows * num_heads, n, n)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale)
-    out = window_reverse(out.transpose(1, 2).reshape(-1, n, c), window, h, w)
+    out = out.view(b, n_windows, num_heads, n, c // num_heads).permute(0, 1, 3, 2, 4).reshape(-1, n, c)
+    out = window_reverse(out, window, h, w)
     if shift:
         out = torch.roll(out, shifts=(shift, shift), dims=(2, 3))
     return out
@@ -141,7 +146,10 @@ _BACKENDS: dict[str, WindowAttentionFn] = {
     "sdpa": sdpa_window_attention,
 }
 # Backends that live in optional modules and register themselves on import.
-_LAZY_BACKENDS = {"triton": "rsd_deploy.kernels.window_attention"}
+_LAZY_BACKENDS = {
+    "triton": "rsd_deploy.kernels.window_attention",
+    "trt_plugin": "rsd_deploy.kernels.onnx_custom_op",  # one custom ONNX node per attention
+}
 
 
 def register_attention_backend(name: str, fn: WindowAttentionFn) -> None:
