@@ -36,11 +36,18 @@ class ExportError(RuntimeError):
     """An export that failed; the message is one line naming the stage."""
 
 
-def _example_size(exporter: str) -> tuple[int, int, int]:
-    # dynamo specialises a dynamic dim whose example value is 1 (batch 1, or one 64-px block);
-    # the TorchScript tracer keeps them symbolic, so it traces the cheapest example.
-    # Height != width, so a mix-up of the two axes cannot pass the parity checks.
-    return (2, 2 * SIZE_MULTIPLE, 3 * SIZE_MULTIPLE) if exporter == "dynamo" else (1, SIZE_MULTIPLE, 2 * SIZE_MULTIPLE)
+def _example_size(exporter: str, shapes: ShapeRange) -> tuple[int, int, int]:
+    # dynamo specialises a dynamic dim whose example value is 1 (batch 1, or one 64-px block),
+    # so its example sits inside the range away from 1; the TorchScript tracer keeps every dim
+    # symbolic and traces the cheapest example. Height != width where the range allows, so a
+    # mix-up of the two axes cannot pass the parity checks.
+    if exporter != "dynamo":
+        return 1, SIZE_MULTIPLE, 2 * SIZE_MULTIPLE
+
+    def inside(value, bounds):
+        return min(max(value, bounds[0]), bounds[2])
+
+    return inside(2, shapes.batch), inside(2 * SIZE_MULTIPLE, shapes.height), inside(3 * SIZE_MULTIPLE, shapes.width)
 
 
 def _dynamo_shapes(stage: StageSpec, shapes: ShapeRange) -> dict:
@@ -91,7 +98,7 @@ def export_stage(
     shapes = shapes or ShapeRange()
     path = Path(path)
     module = stage.module(pipe)
-    batch, height, width = _example_size(exporter)
+    batch, height, width = _example_size(exporter, shapes)
     args = tuple(stage.sample_inputs(batch, height, width).values())
     with atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter deprecation / tracer warnings: checked below by parity

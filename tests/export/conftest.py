@@ -42,3 +42,8 @@ def micro():
 @pytest.fixture(scope="session")
 def tiny_rsd():
     return build_pipeline("tiny-rsd")
+
+
+@pytest.fixture(scope="session")
+def micro_pixel_unshuffle():
+    return micro_pipeline("pixel_unshuffle")
