@@ -154,3 +154,10 @@ def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
     assert "missing.yaml: no such config file" in capsys.readouterr().err
     assert cli.main(["student", "--out", str(tmp_path)]) == 2  # no teacher given
     assert "model.teacher" in capsys.readouterr().err
+
+
+def test_cli_names_a_missing_image_folder(tmp_path, teacher_dir, capsys):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"data": {"hr_dirs": [str(tmp_path / "nowhere")]}}))
+    assert cli.main(["teacher", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    assert "nowhere: no such image folder" in capsys.readouterr().err
