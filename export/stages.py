@@ -297,6 +297,7 @@ def describe_stages(pipe: SRPipeline) -> dict[str, StageSpec]:
     """The four stage descriptions of a pipeline, keyed by :data:`STAGE_NAMES`."""
     latent = pipe.codec.latent_channels
     scale = pipe.codec.scale
+    codec = "VQ" if hasattr(pipe.codec, "vq") else "pixel-unshuffle"
     noise_map = (
         [TensorSpec("noise_map", pipe.unet.noise_channels, doc="N(0, 1) noise map (RSD student input)")]
         if pipe.takes_noise_map
@@ -305,7 +306,7 @@ def describe_stages(pipe: SRPipeline) -> dict[str, StageSpec]:
     stages = [
         StageSpec(
             "encoder",
-            "VQ encoder: bicubic x4 LR -> latent z_y (no quantisation)",
+            f"{codec} encoder: bicubic x4 LR -> latent z_y" + (" (no quantisation)" if codec == "VQ" else ""),
             (TensorSpec("lq_up", 3, scale, "bicubic x4 LR image in [-1, 1]"),),
             (TensorSpec("z_y", latent, doc="latent of the upsampled LR image"),),
             EncoderStage,
@@ -323,7 +324,7 @@ def describe_stages(pipe: SRPipeline) -> dict[str, StageSpec]:
         ),
         StageSpec(
             "decoder",
-            "VQ decoder: latent -> HR image (codebook quantisation, clamp to [-1, 1])",
+            f"{codec} decoder: latent -> HR image" + (" (codebook quantisation, clamp to [-1, 1])" if codec == "VQ" else " (clamp to [-1, 1])"),
             (TensorSpec("z", latent, doc="latent (x0 of the generator)"),),
             (TensorSpec("hr", 3, scale, "HR image in [-1, 1]"),),
             DecoderStage,
