@@ -6,8 +6,9 @@ encode, step, decode, crop: the ``pipeline`` stage of :mod:`.stages`). Reported 
 latency p50 / p90 / p99 after warm-up (CUDA events on a GPU, ``perf_counter`` on the CPU),
 images/s, peak memory (GPU allocator for PyTorch backends, device memory in use for the others,
 process RSS sampled during the case) and quality of the end-to-end output against the fp32
-PyTorch reference on the same photos and noise (PSNR; LPIPS when its AlexNet weights are on
-the machine). Backends that cannot run here are listed with the reason.
+PyTorch reference on the same photos and noise (PSNR and LPIPS from :mod:`.parity`; the report
+says when LPIPS runs on a random AlexNet backbone). Backends that cannot run here are listed
+with the reason.
 
 The upstream reference is the sampling procedure as the official scripts run it:
 ``SRPipeline.forward`` image by image (with its tiling), under fp16 autocast on CUDA; the
@@ -42,6 +43,7 @@ from rsd_deploy.atomic import atomic_path
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
+from .parity import Lpips, psnr
 from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name
 
 STAGES = ("encoder", "generator", "decoder")
@@ -142,27 +144,29 @@ class Timer:
     def __init__(self, device: torch.device, warmup: int, min_iters: int, max_iters: int, budget_s: float):
         self.device, self.warmup, self.min_iters, self.max_iters, self.budget_s = device, warmup, min_iters, max_iters, budget_s
 
-    def _once(self, fn: Callable[[], object]) -> float:
+    def _once(self, fn: Callable[[], object]) -> tuple[float, object]:
         if self.device.type == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            result = fn()
             end.record()
             end.synchronize()
-            return start.elapsed_time(end)
+            return start.elapsed_time(end), result
         begin = time.perf_counter()
-        fn()
-        return (time.perf_counter() - begin) * 1000
+        result = fn()
+        return (time.perf_counter() - begin) * 1000, result
 
-    def measure(self, fn: Callable[[], object]) -> dict:
-        first = self._once(fn)  # includes lazy work (compilation, allocator growth, autotuning)
+    def measure(self, fn: Callable[[], object]) -> tuple[dict, object]:
+        """Timing statistics, and what the last call returned."""
+        first, result = self._once(fn)  # includes lazy work (compilation, allocator growth, autotuning)
         for _ in range(self.warmup - 1):
             self._once(fn)
         times: list[float] = []
         started = time.perf_counter()
         while len(times) < self.max_iters and (len(times) < self.min_iters or time.perf_counter() - started < self.budget_s):
-            times.append(self._once(fn))
-        return {**percentiles(times), "first_call_ms": first}
+            elapsed, result = self._once(fn)
+            times.append(elapsed)
+        return {**percentiles(times), "first_call_ms": first}, result
 
 
 class RssSampler:
@@ -219,7 +223,7 @@ class Backend:
     name: str
     summary: str
     prepare: Callable[["BenchContext"], Runner]  # raises Unavailable
-    stages: tuple[str, ...] = STAGE_NAMES  # what it can time separately
+    stages: tuple[str, ...] = STAGE_NAMES  # timed separately; the last one (pipeline) is end to end
     default: bool = True  # in the default selection
     not_default_reason: str = ""
 
@@ -275,18 +279,26 @@ def _compiled(ctx: BenchContext) -> Runner:
 
 
 def _onnx_files(ctx: BenchContext, precision: str = "fp32") -> dict[str, Path]:
-    """The exported graphs of every stage: ``--onnx-dir``, or exported now into the work dir."""
+    """The exported graphs of every stage: ``--onnx-dir``, or exported now into the work dir
+    (again when the graphs there were exported for a smaller shape range than the grid)."""
+    from .onnx_export import read_metadata
+
     directory = ctx.onnx_dir
     if directory is None:
         directory = ctx.work_dir / "onnx"
-        missing = [s for s in STAGE_NAMES if not (directory / onnx_file_name(s, precision)).is_file()]
-        if missing:
+        files = [directory / onnx_file_name(s, precision) for s in STAGE_NAMES]
+        if not all(p.is_file() and _covers(read_metadata(p).get("shape_range", {}), ctx.shape_range) for p in files):
             export_onnx_stages(ctx.pipe, directory, ctx.shape_range)
     files = {s: directory / onnx_file_name(s, precision) for s in STAGE_NAMES}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
-        raise Unavailable(f"no exported graphs: {', '.join(missing)} (run rsd-export first or drop --onnx-dir)")
+        raise Unavailable(f"no exported graphs: {', '.join(missing)} (run rsd-export --stages all first or drop --onnx-dir)")
     return files
+
+
+def _covers(recorded: dict, wanted: ShapeRange) -> bool:
+    ranges = {"batch": wanted.batch, "lr_height": wanted.height, "lr_width": wanted.width}
+    return all(key in recorded and recorded[key][0] <= low and high <= recorded[key][2] for key, (low, _, high) in ranges.items())
 
 
 def export_onnx_stages(pipe: SRPipeline, directory: Path, shape_range: ShapeRange) -> None:
@@ -323,29 +335,31 @@ def _onnxruntime(provider: str) -> Callable[[BenchContext], Runner]:
 
 
 def _tensorrt(precision: str) -> Callable[[BenchContext], Runner]:
+    """Engines of the ``<stage>.<precision>.onnx`` graphs that ``rsd-export --precision ...``
+    wrote, from its engine cache (built now if the cache has none for this GPU / TensorRT)."""
+
     def prepare(ctx: BenchContext) -> Runner:
-        _cuda()
-        try:
-            from . import tensorrt as trt_module
-        except ImportError as error:
-            raise Unavailable(f"TensorRT support is not importable: {error}") from None
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError as error:
-            raise Unavailable(f"TensorRT is not installed ({error}); see docs/export.md") from None
-        if ctx.engine_dir is None:
-            raise Unavailable("no --engine-dir with <stage>.<precision>.plan engines built by rsd-export")
-        engines = {s: ctx.engine_dir / f"{s}.{precision}.plan" for s in STAGE_NAMES}
-        missing = [str(p) for p in engines.values() if not p.is_file()]
-        if missing:
-            raise Unavailable(f"engines not built: {', '.join(missing)}")
-        runners = {s: trt_module.EngineRunner(p) for s, p in engines.items()}
+        from . import tensorrt as trt_tools
+
+        usable, reason = trt_tools.tensorrt_status()
+        if not usable:
+            raise Unavailable(reason)
+        if ctx.onnx_dir is None:
+            raise Unavailable(f"needs --onnx-dir with {precision} graphs from rsd-export --precision {precision}")
+        stages = describe_stages(ctx.pipe)
+        cache = ctx.engine_dir or ctx.onnx_dir / "engines"
+        runners = {}
+        for name in STAGE_NAMES:
+            graph = ctx.onnx_dir / onnx_file_name(name, precision)
+            if not graph.is_file():
+                raise Unavailable(f"{graph} missing (rsd-export --precision {precision} --stages all)")
+            engine, _ = trt_tools.cached_engine(graph, stages[name], precision, ctx.shape_range, cache)
+            runners[name] = trt_tools.EngineRunner(engine)
 
         def run(stage: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
-            outputs = runners[stage].infer({k: v.cuda() for k, v in feeds.items()})
-            return next(iter(outputs.values()))
+            return next(iter(runners[stage](feeds).values()))
 
-        return Runner(run, torch.device("cuda"))
+        return Runner(run, torch.device("cuda"), notes=f"engines in {cache}")
 
     return prepare
 
@@ -379,6 +393,7 @@ def _upstream(steps_of: Callable[[BenchContext], tuple[SRPipeline, int]]) -> Cal
                 return pipe.generate(feeds["_z_y"].to(ctx.device), feeds["lq"].to(ctx.device), noise, steps)
 
         note = "fp16 autocast (CUDA), as the official scripts" if on_gpu else "fp32: the official scripts' fp16 autocast is CUDA-only"
+        note += f"; {steps} step{'s' if steps > 1 else ''}"
         return Runner(run, ctx.device, torch_memory=True, notes=note)
 
     return prepare
@@ -409,35 +424,8 @@ def backends(device: torch.device) -> list[Backend]:
         Backend("tensorrt-fp16", "TensorRT engine from the fp16 graphs", _tensorrt("fp16")),
         Backend("tensorrt-int8", "TensorRT engine from the INT8 Q/DQ graphs", _tensorrt("int8")),
         Backend("upstream-rsd-1step", "official one-step RSD procedure (SRPipeline.forward, fp16 autocast on CUDA)", _upstream(_upstream_student)),
-        Backend("upstream-resshift-15step", "official multi-step ResShift chain on the teacher (fp16 autocast on CUDA)", _upstream(_upstream_teacher)),
+        Backend("upstream-resshift", "official multi-step ResShift chain on the teacher, all T steps of its schedule (fp16 autocast on CUDA)", _upstream(_upstream_teacher)),
     ]
-
-
-# --- quality ----------------------------------------------------------------------------------
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.float().cpu() - b.float().cpu()) ** 2).item()
-    return float("inf") if mse == 0 else 10 * math.log10(1 / mse)
-
-
-def lpips_metric() -> tuple[Callable | None, str]:
-    """LPIPS (AlexNet) when its ImageNet backbone is already on this machine; else why not.
-    With random backbone weights LPIPS is not a perceptual metric, so it is not reported."""
-    try:
-        import lpips
-    except ImportError as error:
-        return None, f"lpips not installed ({error})"
-    weights = Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    if not weights.is_file():
-        return None, f"AlexNet ImageNet weights not on this machine ({weights}); LPIPS with random weights is no perceptual metric"
-    model = lpips.LPIPS(net="alex", verbose=False).eval()
-
-    @torch.no_grad()
-    def metric(a: torch.Tensor, b: torch.Tensor) -> float:
-        return float(model(a.float().cpu() * 2 - 1, b.float().cpu() * 2 - 1).mean())
-
-    return metric, "LPIPS (AlexNet, v0.1)"
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -456,11 +444,11 @@ def run_case(runner: Runner, backend: Backend, inputs: CaseInputs, timer: Timer,
     output = None
     with rss.track():
         for stage in backend.stages:
-            feeds = {**inputs.stage_feeds[stage], **extras}
-            timing = timer.measure(lambda: runner.run(stage, feeds))
+            timing, result = timer.measure(lambda: runner.run(stage, {**inputs.stage_feeds[stage], **extras}))
             timing["images_per_s"] = batch * 1000 / timing["p50_ms"]
             results["stages"][stage] = timing
-        output = runner.run(END_TO_END, {**inputs.stage_feeds[END_TO_END], **extras})
+            if stage == END_TO_END:
+                output = result
     memory = {"peak_rss_mib": _mib(rss.peak), "rss_growth_mib": _mib(rss.peak - rss.start)}
     if device.type == "cuda":
         if runner.torch_memory:
@@ -512,8 +500,8 @@ def run_bench(
               "backends": {}, "results": [], "unavailable": []}
     inputs = {(b, s): case_inputs(pipe, b, s, seed) for b in batches for s in sizes}
     references: dict[tuple[int, int], torch.Tensor] = {}
-    lpips_fn, lpips_note = lpips_metric()
-    report["quality_metrics"] = {"psnr": f"dB vs {REFERENCE} end-to-end output", "lpips": lpips_note}
+    lpips = Lpips()
+    report["quality_metrics"] = {"psnr": f"dB vs {REFERENCE} end-to-end output", "lpips": lpips.description}
     rss = RssSampler()
     order = [b for b in registry if b.name == REFERENCE] + [b for b in registry if b.name != REFERENCE]
     for backend in order:
@@ -533,16 +521,18 @@ def run_bench(
         for (batch, size), case in inputs.items():
             try:
                 result, output = run_case(runner, backend, case, timer, rss)
-            except Unavailable as error:
-                report["unavailable"].append({"backend": backend.name, "reason": str(error)})
-                break
+            except Exception as error:  # an engine without this shape, an op a provider lacks...
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                report["unavailable"].append({"backend": backend.name, "reason": f"failed at batch {batch}, LR {size}: {first_line}"})
+                log(f"  {backend.name:26s} failed at batch {batch}, LR {size}: {first_line}")
+                continue
             if backend.name == REFERENCE:
                 references[(batch, size)] = output
             reference = references.get((batch, size))
             comparable = reference is not None and not backend.name.startswith("upstream-resshift")
             result["quality"] = {
                 "psnr_db": psnr(output, reference) if comparable else None,
-                "lpips": lpips_fn(output, reference) if comparable and lpips_fn else None,
+                "lpips": lpips(output, reference) if comparable else None,
             }
             report["results"].append({"backend": backend.name, "batch": batch, "lr_size": size, **result})
             e2e = result["end_to_end"]
@@ -558,7 +548,7 @@ def run_bench(
 def _speedups(report: dict) -> None:
     """End-to-end speed-up of every result over the upstream one-step procedure (same case)."""
     base = {(r["batch"], r["lr_size"]): r["end_to_end"]["p50_ms"] for r in report["results"] if r["backend"] == "upstream-rsd-1step"}
-    multi = {(r["batch"], r["lr_size"]): r["end_to_end"]["p50_ms"] for r in report["results"] if r["backend"] == "upstream-resshift-15step"}
+    multi = {(r["batch"], r["lr_size"]): r["end_to_end"]["p50_ms"] for r in report["results"] if r["backend"] == "upstream-resshift"}
     for r in report["results"]:
         key = (r["batch"], r["lr_size"])
         r["speedup_vs_upstream_rsd"] = base[key] / r["end_to_end"]["p50_ms"] if key in base else None
@@ -657,6 +647,27 @@ def write_report(report: dict, out_dir: Path) -> None:
 
 
 _TEACHERS = {"rsd-x4": "resshift-x4", "sinsr-x4": "resshift-x4", "tiny-rsd": "tiny", "resshift-x4": "resshift-x4", "tiny": "tiny"}
+BUNDLED_TEACHER = "demo-teacher"  # the 15-step teacher the bundled demo student was distilled from
+
+
+def _models(args) -> tuple[SRPipeline, SRPipeline | None]:
+    """The benchmarked model and the teacher for the multi-step upstream reference."""
+    from rsd_deploy.checkpoints import BUNDLED_DIR, build_pipeline, default_pipeline, load_pipeline
+
+    if args.checkpoint:
+        pipe = load_pipeline(args.checkpoint, args.codec)
+    elif args.preset:
+        pipe = build_pipeline(args.preset)
+    else:
+        pipe = default_pipeline()
+    if args.teacher:
+        codec = args.codec or (args.checkpoint / "codec.safetensors" if args.checkpoint and args.checkpoint.is_dir() else None)
+        return pipe, load_pipeline(args.teacher, codec)
+    if args.preset in _TEACHERS:
+        return pipe, build_pipeline(_TEACHERS[args.preset])
+    if not args.checkpoint and not args.preset and (BUNDLED_DIR / BUNDLED_TEACHER / "unet.safetensors").is_file():
+        return pipe, load_pipeline(BUNDLED_DIR / BUNDLED_TEACHER)
+    return pipe, None
 
 
 def _int_list(text: str) -> list[int]:
@@ -671,21 +682,24 @@ def _int_list(text: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="rsd-bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny-rsd", help="architecture with seeded random weights when no --checkpoint (default tiny-rsd: finishes in a minute or two on a CPU)")
-    parser.add_argument("--checkpoint", type=Path, help="model to benchmark: a directory from save_pipeline or a UNet file (+ --codec)")
+    parser.add_argument("--preset", help="an architecture with seeded random weights (tiny-rsd, rsd-x4, ...) instead of a checkpoint")
+    parser.add_argument("--checkpoint", type=Path, help="model to benchmark: a directory from save_pipeline or a UNet file (+ --codec); "
+                        "default: the bundled demo student (and its teacher for the multi-step reference)")
     parser.add_argument("--codec", type=Path, help="codec checkpoint, when --checkpoint is a UNet file")
-    parser.add_argument("--teacher", type=Path, help="the ResShift teacher checkpoint for the 15-step upstream reference (default: the preset's teacher architecture, random weights)")
+    parser.add_argument("--teacher", type=Path, help="the ResShift teacher checkpoint for the multi-step upstream reference "
+                        "(default: the bundled demo teacher, or the preset's teacher architecture with random weights)")
     parser.add_argument("--batch", type=_int_list, default=[1, 2], help="batch sizes (default 1,2)")
     parser.add_argument("--lr-size", type=_int_list, default=[64], help="LR sizes, multiples of 64 (default 64)")
     parser.add_argument("--backends", help="comma-separated subset (default: every backend but the slow-to-prepare ones); see --list")
     parser.add_argument("--list", action="store_true", help="list the backends and exit")
     parser.add_argument("--onnx-dir", type=Path, help="rsd-export output with <stage>.fp32.onnx (default: export into OUT/onnx)")
-    parser.add_argument("--engine-dir", type=Path, help="TensorRT engines <stage>.<fp16|int8>.plan")
+    parser.add_argument("--engine-dir", type=Path, help="TensorRT engine cache (default ONNX_DIR/engines, as rsd-export)")
     parser.add_argument("--iters", type=int, default=20, help="most timed calls per number (default 20)")
     parser.add_argument("--min-iters", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=1.0, help="stop timing a number after this many seconds once --min-iters are done")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, default=Path("bench"))
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -696,19 +710,15 @@ def main(argv: list[str] | None = None) -> int:
     bad_sizes = [s for s in args.lr_size if s % 64]
     if bad_sizes:
         parser.error(f"--lr-size values must be multiples of 64, got {bad_sizes}")
-    from rsd_deploy.checkpoints import CheckpointError, build_pipeline, load_pipeline
+    from rsd_deploy.checkpoints import CheckpointError
 
     try:
-        pipe = load_pipeline(args.checkpoint, args.codec) if args.checkpoint else build_pipeline(args.preset)
-        if args.teacher:
-            teacher = load_pipeline(args.teacher, args.codec or (args.checkpoint / "codec.safetensors" if args.checkpoint and args.checkpoint.is_dir() else None))
-        elif not args.checkpoint and args.preset in _TEACHERS:
-            teacher = build_pipeline(_TEACHERS[args.preset])
-        else:
-            teacher = None
+        pipe, teacher = _models(args)
     except (CheckpointError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
     selected = [b for b in args.backends.split(",") if b] if args.backends else None
     timer = Timer(device, args.warmup, args.min_iters, args.iters, args.budget_s)
     print(f"rsd-bench: {pipe.description}; device {device}; batch {args.batch}; LR {args.lr_size}", flush=True)

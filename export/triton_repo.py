@@ -470,6 +470,25 @@ def write_triton_repository(
     return check_repository(out_dir)  # parse back what was written, as Triton will
 
 
+def repository_from_export(
+    out_dir: str | Path,
+    pipe: SRPipeline,
+    shape_range: ShapeRange,
+    graphs: dict[str, Path],
+    engines: dict[str, Path] | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+) -> tuple[dict, str]:
+    """What ``rsd-export --triton-repo`` writes: TensorRT plans when every stage has an engine,
+    else the ONNX graphs for ONNX Runtime. Returns (configs, the stage backend used)."""
+    engines = engines or {}
+    backend = "tensorrt" if all(stage in engines for stage in STAGES) else "onnxruntime"
+    chosen = engines if backend == "tensorrt" else graphs
+    files = {stage: chosen[stage] for stage in STAGES if stage in chosen}  # a missing one is reported by the writer
+    plan = RepositoryPlan.from_pipeline(pipe, shape_range)
+    return write_triton_repository(out_dir, plan, files, backend, "gpu" if backend == "tensorrt" else device, overwrite=overwrite), backend
+
+
 def _readme(plan: RepositoryPlan, backend: str, device: str) -> str:
     rng = plan.shape_range
     ensemble = plan.name("sr")

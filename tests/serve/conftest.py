@@ -1,4 +1,5 @@
-"""Exported tiny graphs and a Triton repository built from them, shared by the serving tests."""
+"""The bundled demo student (small, trained, pixel-unshuffle codec: cheap to run on a CPU), its
+exported graphs, shared by the serving, repository and benchmark tests."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from rsd_deploy.checkpoints import BUNDLED_DIR, DEMO_NAME, load_pipeline
 from rsd_deploy.export.onnx_export import export_stage
 from rsd_deploy.export.stages import ShapeRange, describe_stages, onnx_file_name
+from rsd_deploy.pipeline import SRPipeline
 
 # Small on purpose: LR up to 128 px, batches up to 4 (the requests the tests send).
 SERVE_RANGE = ShapeRange(batch=(1, 1, 4), height=(64, 64, 128), width=(64, 64, 128))
@@ -19,18 +22,28 @@ def serve_range() -> ShapeRange:
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx_dir(tmp_path_factory, tiny_rsd) -> Path:
-    """fp32 graphs of the three stages of the tiny RSD student, as rsd-export writes them."""
+def demo() -> SRPipeline:
+    return load_pipeline(BUNDLED_DIR / DEMO_NAME)
+
+
+@pytest.fixture(scope="session")
+def demo_teacher() -> SRPipeline:
+    return load_pipeline(BUNDLED_DIR / "demo-teacher")
+
+
+@pytest.fixture(scope="session")
+def onnx_dir(tmp_path_factory, demo) -> Path:
+    """fp32 graphs of the demo's three stages, as rsd-export writes them."""
     directory = tmp_path_factory.mktemp("onnx")
-    _export(tiny_rsd, directory, ("encoder", "generator", "decoder"))
+    _export(demo, directory, ("encoder", "generator", "decoder"))
     return directory
 
 
 @pytest.fixture(scope="session")
-def tiny_onnx_dir_with_pipeline(tiny_onnx_dir, tiny_rsd) -> Path:
+def onnx_dir_with_pipeline(onnx_dir, demo) -> Path:
     """The same directory plus the fused one-step graph (only the benchmark needs it)."""
-    _export(tiny_rsd, tiny_onnx_dir, ("pipeline",))
-    return tiny_onnx_dir
+    _export(demo, onnx_dir, ("pipeline",))
+    return onnx_dir
 
 
 def _export(pipe, directory: Path, names) -> None:
@@ -40,5 +53,5 @@ def _export(pipe, directory: Path, names) -> None:
 
 
 @pytest.fixture(scope="session")
-def stage_files(tiny_onnx_dir) -> dict[str, Path]:
-    return {s: tiny_onnx_dir / onnx_file_name(s, "fp32") for s in ("encoder", "generator", "decoder")}
+def stage_files(onnx_dir) -> dict[str, Path]:
+    return {s: onnx_dir / onnx_file_name(s, "fp32") for s in ("encoder", "generator", "decoder")}

@@ -22,10 +22,10 @@ TIMEOUT_S = 120  # per request: the tiny model answers in well under a second
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_rsd, serve_range, stage_files):
+def server(tmp_path_factory, demo, serve_range, stage_files):
     """The server for this module; always stopped at teardown, even when a test fails."""
     repository = tmp_path_factory.mktemp("served") / "models"
-    write_triton_repository(repository, RepositoryPlan.from_pipeline(tiny_rsd, serve_range), stage_files, backend="python")
+    write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, serve_range), stage_files, backend="python")
     with triton_server(repository) as endpoints:
         yield endpoints
 
@@ -72,28 +72,28 @@ def assert_close(served: np.ndarray, reference: np.ndarray) -> None:
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
-def test_http_matches_the_in_process_pipeline(http, tiny_rsd):
+def test_http_matches_the_in_process_pipeline(http, demo):
     image = photo(50, 70)  # not a multiple of 64: padding and the crop back are exercised
     served = http.infer(MODEL, request(httpclient, image[None], [7]), timeout=TIMEOUT_S).as_numpy("HR_IMAGE")
     assert served.shape == (1, 200, 280, 3)
-    assert_close(served[0], expected(tiny_rsd, image, 7))
+    assert_close(served[0], expected(demo, image, 7))
 
 
-def test_grpc_batch_matches_per_image_pipeline_runs(grpc, tiny_rsd):
+def test_grpc_batch_matches_per_image_pipeline_runs(grpc, demo):
     images = np.stack([photo(64, 96), photo(64, 96, offset=20)])
     result = grpc.infer(MODEL, request(grpcclient, images, [3, 5]), client_timeout=TIMEOUT_S)
     served = result.as_numpy("HR_IMAGE")
     assert served.shape == (2, 256, 384, 3)
     for index, seed in enumerate([3, 5]):
-        assert_close(served[index], expected(tiny_rsd, images[index], seed))
+        assert_close(served[index], expected(demo, images[index], seed))
     # the seed decides the noise: another seed gives another image
     other = grpc.infer(MODEL, request(grpcclient, images[:1], [4]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")
     assert np.abs(other[0].astype(int) - served[0].astype(int)).mean() > 0.5
 
 
-def test_concurrent_requests_over_both_protocols(server, http, grpc, tiny_rsd):
+def test_concurrent_requests_over_both_protocols(server, http, grpc, demo):
     jobs = [(photo(64, 64, offset=8 * i), 100 + i) for i in range(6)]
-    references = [expected(tiny_rsd, image, seed) for image, seed in jobs]
+    references = [expected(demo, image, seed) for image, seed in jobs]
 
     def call(index: int) -> np.ndarray:
         image, seed = jobs[index]
@@ -113,7 +113,7 @@ def _refused(call) -> str:
     return str(caught.value)
 
 
-def test_bad_requests_are_refused_and_the_server_keeps_serving(http, grpc, tiny_rsd, serve_range):
+def test_bad_requests_are_refused_and_the_server_keeps_serving(http, grpc, demo, serve_range):
     small = photo(64, 64)
     oversized = np.zeros((1, 200, 300, 3), np.uint8)
     message = _refused(lambda: http.infer(MODEL, request(httpclient, oversized, [0]), timeout=TIMEOUT_S))
@@ -144,7 +144,7 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(http, grpc, tiny_
     # still serving, still right
     assert http.is_server_live() and http.is_model_ready(MODEL)
     served = grpc.infer(MODEL, request(grpcclient, small[None], [11]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")
-    assert_close(served[0], expected(tiny_rsd, small, 11))
+    assert_close(served[0], expected(demo, small, 11))
 
 
 def test_server_start_failure_is_loud(tmp_path):

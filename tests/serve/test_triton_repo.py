@@ -10,6 +10,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from rsd_deploy.checkpoints import BUNDLED_DIR, DEMO_NAME
 from rsd_deploy.export.onnx_export import graph_signature
 from rsd_deploy.export.stages import describe_stages
 from rsd_deploy.export.triton_repo import (
@@ -31,8 +32,8 @@ def parse_all(directory: Path) -> dict[str, mc.ModelConfig]:
 
 
 @pytest.fixture(scope="module")
-def plan(tiny_rsd, serve_range) -> RepositoryPlan:
-    return RepositoryPlan.from_pipeline(tiny_rsd, serve_range)
+def plan(demo, serve_range) -> RepositoryPlan:
+    return RepositoryPlan.from_pipeline(demo, serve_range)
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", "python"])
@@ -68,10 +69,10 @@ def test_every_config_parses_with_tritons_protobuf(repository, serve_range):
     assert "tritonserver --model-repository" in (out / "README.md").read_text()
 
 
-def test_stage_models_match_the_stage_descriptions_and_graphs(repository, tiny_rsd, stage_files):
+def test_stage_models_match_the_stage_descriptions_and_graphs(repository, demo, stage_files):
     _, out = repository
     configs = parse_all(out)
-    stages = describe_stages(tiny_rsd)
+    stages = describe_stages(demo)
     for stage in ("encoder", "generator", "decoder"):
         config = configs[f"rsd_{stage}"]
         signature = graph_signature(stage_files[stage])
@@ -129,7 +130,7 @@ def _rewrite(path: Path, old: str, new: str) -> None:
     [
         ("rsd_sr", 'value: "x0"', 'value: "x_0"', "not produced by an earlier step"),
         ("rsd_decoder", "data_type: TYPE_FP32", "data_type: TYPE_FP16", "wants TYPE_FP16"),
-        ("rsd_prior", "dims: 3", "dims: 4", "has dims"),
+        ("rsd_prior", "dims: 48", "dims: 47", "has dims"),
         ("rsd_generator", 'name: "noise_map"', 'name: "noise"', "not mapped"),
         ("rsd_postprocess", "max_batch_size: 4", "max_batch_size: 2", "max_batch_size 2"),
     ],
@@ -194,14 +195,14 @@ def test_refuses_to_overwrite_foreign_directories_and_bad_inputs(tmp_path, plan,
         write_triton_repository(tmp_path / "swapped", plan, swapped)
 
 
-def test_standalone_entry_point(tmp_path, tiny_onnx_dir, capsys, serve_range):
+def test_standalone_entry_point(tmp_path, onnx_dir, capsys, serve_range):
     out = tmp_path / "models"
-    assert main(["--onnx-dir", str(tiny_onnx_dir), "--out", str(out), "--preset", "tiny-rsd", "--backend", "python"]) == 0
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--checkpoint", str(BUNDLED_DIR / DEMO_NAME), "--backend", "python"]) == 0
     configs = check_repository(out)
     # the shape range recorded in the graphs by rsd-export becomes the repository's limits
     assert configs["rsd_sr"].max_batch_size == serve_range.batch[2]
     assert configs["rsd_preprocess"].parameters["max_lr_height"].string_value == str(serve_range.height[2])
-    assert main(["--onnx-dir", str(tiny_onnx_dir), "--out", str(out), "--preset", "tiny-rsd"]) == 1
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--checkpoint", str(BUNDLED_DIR / DEMO_NAME)]) == 1
     assert "exists and is not empty" in capsys.readouterr().err
-    assert main(["--onnx-dir", str(tiny_onnx_dir), "--out", str(out), "--preset", "tiny-rsd", "--overwrite"]) == 0
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--checkpoint", str(BUNDLED_DIR / DEMO_NAME), "--overwrite"]) == 0
     shutil.rmtree(out)
