@@ -10,9 +10,10 @@ from rsd_deploy.export.cli import main
 
 
 @pytest.fixture(scope="module")
-def checkpoint(micro, tmp_path_factory):
+def checkpoint(micro_pixel_unshuffle, tmp_path_factory):
+    """A pixel-unshuffle pipeline (like the bundled demo model) saved as a checkpoint directory."""
     directory = tmp_path_factory.mktemp("ckpt") / "micro"
-    save_pipeline(micro, directory)
+    save_pipeline(micro_pixel_unshuffle, directory)
     return directory
 
 

@@ -41,7 +41,7 @@ def test_shape_range_profile_and_validation(tiny_rsd):
         ShapeRange(batch=(2, 1, 4))
 
 
-@pytest.mark.parametrize("height, width", [(50, 70), (64, 128), (10, 100)])
+@pytest.mark.parametrize("height, width", [(50, 40), (10, 30)])  # reflect and replicate padding
 def test_fused_module_pads_like_the_pipeline(tiny_rsd, height, width):
     """The fused graph's source module equals pad_to_multiple + the three stages + crop."""
     pipe = tiny_rsd
