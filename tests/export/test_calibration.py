@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rsd_deploy.export.calibration import bicubic_down, bundled_photos, load_calibration, load_div2k
+from rsd_deploy.export.calibration import bicubic_down, load_calibration, load_div2k
 
 
 def _write_div2k(root, count=3, size=(520, 600), official_lr=False):

@@ -1,6 +1,5 @@
 """Export of every stage (micro pipeline), ONNX Runtime parity, dim names, atomic writes."""
 
-import numpy as np
 import onnx
 import pytest
 import torch

@@ -65,8 +65,6 @@ def _trt_ready() -> tuple[bool, str]:
 
 @pytest.mark.skipif(not _trt_ready()[0], reason=f"needs TensorRT and a GPU: {_trt_ready()[1]}")
 def test_engine_build_cache_run_and_compare(micro, tmp_path):
-    import torch
-
     from rsd_deploy.export.onnx_export import export_stage
     from rsd_deploy.export.parity import run_onnx
 
