@@ -23,7 +23,7 @@ from rsd_deploy.presets import PRESETS
 
 from . import calibration as calib
 from . import tensorrt as trt_tools
-from .onnx_export import EXPORTERS, ExportError, export_stage, graph_signature
+from .onnx_export import ATTENTION_MODES, EXPORTERS, ExportError, export_stage, graph_signature
 from .parity import Lpips, psnr, stage_parity, upscale_onnx
 from .precision import CALIBRATION_METHODS, PRECISIONS, convert_fp16, quantize_int8
 from .report import write_report
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for noise, crops and random weights")
     parser.add_argument("--out", type=Path, default=Path("rsd-export"), help="output directory (default ./rsd-export)")
     parser.add_argument("--exporter", choices=EXPORTERS, default="torchscript", help="torch ONNX exporter (see docs/export.md)")
+    parser.add_argument("--attention", choices=ATTENTION_MODES, default="reference",
+                        help="plugin: each window attention becomes one TensorRT plugin node (fp32 only; such graphs "
+                        "run in TensorRT only, so the ONNX Runtime parity checks are skipped)")
     parser.add_argument("--no-engine", action="store_true", help="stop after the ONNX graphs (no TensorRT)")
     parser.add_argument("--opt-level", type=int, default=None, help="TensorRT builder optimization level (default 3, INT8 4)")
     parser.add_argument("--engine-cache", type=Path, help="engine cache directory (default OUT/engines)")
@@ -118,6 +121,10 @@ def run(args) -> int:
     unknown = [s for s in stages_wanted if s not in STAGE_NAMES]
     if unknown or not stages_wanted:
         raise ValueError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)}")
+    plugin = args.attention == "plugin"
+    if plugin and args.precision != "fp32":
+        raise ValueError("--attention plugin: fp16/INT8 conversion runs the graph in ONNX Runtime, which has no "
+                         "plugin kernel; use --precision fp32 (strongly typed TensorRT builds it as fp32)")
     heights = _triple(args.lr_size, "--lr-size")
     shapes = ShapeRange(batch=_triple(args.batch, "--batch"), height=heights, width=_triple(args.lr_width, "--lr-width") if args.lr_width else heights)
     crop = args.crop or 4 * shapes.height[1]
@@ -142,6 +149,7 @@ def run(args) -> int:
         "shape_range": shapes.to_json(),
         "shape_range_text": str(shapes),
         "exporter": args.exporter,
+        "attention": args.attention,
         "versions": _versions(),
         "host": f"{platform.machine()} CPU x{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
         "stages": {name: stages[name].to_json() for name in stages_wanted},
@@ -157,10 +165,15 @@ def run(args) -> int:
         stage = stages[name]
         _say(f"[{index}/{len(stages_wanted)}] {name}: {stage.summary}")
         path = out / onnx_file_name(name, "fp32")
-        _, seconds = _timed("export fp32 ONNX", export_stage, stage, pipe, path, shapes, args.exporter)
+        _, seconds = _timed("export fp32 ONNX", export_stage, stage, pipe, path, shapes, args.exporter, attention=args.attention)
         fp32_paths[name] = path
         report["artifacts"].append({"stage": name, "precision": "fp32", "file": path.name, "bytes": path.stat().st_size,
                                     "seconds": seconds, "signature": graph_signature(path)})
+        if plugin and name in ("generator", "pipeline"):
+            _say("  parity: skipped (plugin attention nodes run in TensorRT only)")
+            report["parity"].append({"stage": name, "inputs": "skipped: plugin attention (TensorRT only)", "relative_l2": None,
+                                     "torch_s": None, "onnxruntime_s": None})
+            continue
         random_inputs = stage.sample_inputs(shapes.batch[1], shapes.height[1], shapes.width[1], seed=args.seed)
         for label, inputs in (("random", random_inputs), (f"photo ({eval_images.names[0]})", real[name])):
             result = stage_parity(stage, pipe, path, inputs)

@@ -15,6 +15,7 @@ shape inference, op fusions) and named dims are restored to the stage descriptio
 
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from pathlib import Path
@@ -29,6 +30,7 @@ from .stages import ShapeRange, StageSpec
 
 OPSET = 19  # TensorRT's diffusion demo exports UNets at opset 19; ModelOpt needs >= 19 for fp16 Q/DQ
 EXPORTERS = ("torchscript", "dynamo")
+ATTENTION_MODES = ("reference", "plugin")  # plugin: one custom node per window attention (TensorRT only)
 METADATA_PREFIX = "rsd_deploy."
 
 
@@ -91,29 +93,42 @@ def export_stage(
     shapes: ShapeRange | None = None,
     exporter: str = "torchscript",
     simplify: bool = True,
+    attention: str = "reference",
 ) -> Path:
-    """Export ``stage`` of ``pipe`` to ``path`` (fp32), checked with ``onnx.checker``."""
+    """Export ``stage`` of ``pipe`` to ``path`` (fp32), checked with ``onnx.checker``.
+
+    ``attention="plugin"`` turns each window attention into one ``rsd_deploy::window_attention``
+    node for the TensorRT plugin of :mod:`rsd_deploy.kernels.trt_plugin` (see
+    :mod:`rsd_deploy.kernels.onnx_custom_op`); such a graph runs in TensorRT only."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     shapes = shapes or ShapeRange()
     path = Path(path)
     module = stage.module(pipe)
     batch, height, width = _example_size(exporter, shapes)
     args = tuple(stage.sample_inputs(batch, height, width).values())
-    with atomic_path(path) as tmp, warnings.catch_warnings():
+    extra, attention_mode = {}, contextlib.nullcontext()
+    if attention == "plugin":
+        from rsd_deploy.kernels import onnx_custom_op
+
+        extra = onnx_custom_op.export_kwargs(exporter=exporter)
+        attention_mode = onnx_custom_op.plugin_attention(pipe.unet)
+    with atomic_path(path) as tmp, warnings.catch_warnings(), attention_mode:
         warnings.simplefilter("ignore")  # exporter deprecation / tracer warnings: checked below by parity
         try:
             if exporter == "dynamo":
                 program = torch.onnx.export(
                     module, args, input_names=list(stage.input_names), output_names=list(stage.output_names),
-                    opset_version=OPSET, dynamo=True, dynamic_shapes=_dynamo_shapes(stage, shapes), optimize=True,
+                    opset_version=OPSET, dynamo=True, dynamic_shapes=_dynamo_shapes(stage, shapes), optimize=True, **extra,
                 )
                 model = program.model_proto
             else:
                 axes = {spec.name: {0: "batch", 2: spec.symbolic_shape()[2], 3: spec.symbolic_shape()[3]} for spec in (*stage.inputs, *stage.outputs)}
                 torch.onnx.export(
                     module, args, str(tmp), input_names=list(stage.input_names), output_names=list(stage.output_names),
-                    opset_version=OPSET, dynamo=False, dynamic_axes=axes, do_constant_folding=True,
+                    opset_version=OPSET, dynamo=False, dynamic_axes=axes, do_constant_folding=True, **extra,
                 )
                 model = onnx.load(str(tmp))
         except Exception as error:
@@ -122,7 +137,7 @@ def export_stage(
         if simplify:
             model = _simplify(model)
         _name_dims(model, stage)
-        set_metadata(model, stage=stage.name, precision="fp32", shape_range=shapes.to_json(), source=pipe.description, exporter=exporter)
+        set_metadata(model, stage=stage.name, precision="fp32", shape_range=shapes.to_json(), source=pipe.description, exporter=exporter, attention=attention)
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return path

@@ -51,3 +51,15 @@ def test_bad_arguments(tmp_path, capsys):
     assert "unknown stage" in capsys.readouterr().err
     assert main(["--preset", "tiny-rsd", "--lr-size", "64,96,128", "--out", str(tmp_path)]) == 2
     assert "multiples of 64" in capsys.readouterr().err
+
+
+def test_plugin_attention_export(checkpoint, tmp_path, capsys):
+    from rsd_deploy.kernels.onnx_custom_op import plugin_nodes
+
+    out = tmp_path / "plugin"
+    code = main(["--checkpoint", str(checkpoint), "--precision", "fp32", "--attention", "plugin", "--stages", "generator",
+                 "--lr-size", "64", "--batch", "1", "--out", str(out)])
+    assert code == 0 and "skipped (plugin attention" in capsys.readouterr().out
+    assert len(plugin_nodes(onnx.load(str(out / "generator.fp32.onnx")))) == 6
+    assert main(["--checkpoint", str(checkpoint), "--precision", "fp16", "--attention", "plugin", "--out", str(out)]) == 2
+    assert "--precision fp32" in capsys.readouterr().err
