@@ -56,14 +56,17 @@ def test_onnxruntime_matches_pytorch_on_a_photo(exported, micro):
 
 def test_fused_graph_pads_small_images(exported, micro):
     """An LR image too small to reflect-pad (replicate branch) through the fused graph."""
-    lr = torch.rand(1, 3, 20, 40)
-    eps = torch.randn(1, 3, padded_size(20), padded_size(40))
-    noise_map = torch.randn(1, 1, 64, 64)
+    generator = torch.Generator().manual_seed(0)
+    lr = torch.rand(1, 3, 20, 40, generator=generator)
+    eps = torch.randn(1, 3, padded_size(20), padded_size(40), generator=generator)
+    noise_map = torch.randn(1, 1, 64, 64, generator=generator)
     hr = run_onnx(exported["pipeline"], {"lr": lr, "eps": eps, "noise_map": noise_map})[0]
     with torch.no_grad():
         expected = describe_stages(micro)["pipeline"].module(micro)(lr, eps, noise_map).numpy()
     assert hr.shape == (1, 3, 80, 160)
-    assert relative_l2(hr, expected) < 1e-4
+    # 1e-3, not 1e-4: with an untrained codebook a few near-tie codes may flip between ONNX
+    # Runtime and PyTorch; wrong padding would be off by ~1e-1.
+    assert relative_l2(hr, expected) < 1e-3
 
 
 def test_dynamo_exporter(micro_pixel_unshuffle, tmp_path):
