@@ -74,8 +74,10 @@ def read_png(path: str | Path) -> torch.Tensor:
     from PIL import Image
 
     with Image.open(path) as image:
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255
+        array = np.array(image.convert("RGB"), dtype=np.uint8)
+    # contiguous NCHW: a compiled package assumes the strides of its example inputs and does not
+    # check them (a channels-last view gives wrong pixels, not an error)
+    return (torch.from_numpy(array).permute(2, 0, 1)[None].float() / 255).contiguous()
 
 
 def to_uint8(hr: torch.Tensor) -> np.ndarray:
@@ -88,7 +90,7 @@ def reference_upscale(model, pipe: SRPipeline, lr: torch.Tensor, seed: int) -> n
     """Python's result for the C++ runner's procedure: ``model`` is the eager ``pipeline`` stage
     module or a loaded package (``torch._inductor.aoti_load_package``)."""
     height, width = lr.shape[-2:]
-    return to_uint8(model(lr, *pipeline_noise(pipe, height, width, seed)))
+    return to_uint8(model(lr.contiguous(), *pipeline_noise(pipe, height, width, seed)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -234,6 +234,7 @@ class BenchContext:
     teacher: SRPipeline | None
     device: torch.device
     onnx_dir: Path | None
+    plugin_onnx_dir: Path | None
     engine_dir: Path | None
     work_dir: Path
     shape_range: ShapeRange
@@ -267,8 +268,6 @@ def _eager(dtype: torch.dtype, attention: str, gpu_only: bool = False) -> Callab
         device = _cuda() if gpu_only else ctx.device
         if attention == "triton" and device.type != "cuda":
             raise Unavailable("the fused Triton window-attention kernel needs a CUDA GPU (CPU runs it only in the interpreter)")
-        if dtype is torch.float16 and device.type != "cuda":
-            raise Unavailable("fp16 is a GPU format: PyTorch's CPU fp16 convolutions are reference kernels, slower than fp32")
         return _torch_runner(ctx, dtype, attention, device)
 
     return prepare
@@ -334,25 +333,37 @@ def _onnxruntime(provider: str) -> Callable[[BenchContext], Runner]:
     return prepare
 
 
-def _tensorrt(precision: str) -> Callable[[BenchContext], Runner]:
+def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], Runner]:
     """Engines of the ``<stage>.<precision>.onnx`` graphs that ``rsd-export --precision ...``
-    wrote, from its engine cache (built now if the cache has none for this GPU / TensorRT)."""
+    wrote, from its engine cache (built now if the cache has none for this GPU / TensorRT).
+    ``plugin``: graphs exported with ``--attention plugin`` (the fused Triton window-attention
+    kernel inside the engine), from ``--plugin-onnx-dir``."""
 
     def prepare(ctx: BenchContext) -> Runner:
         from . import tensorrt as trt_tools
+        from .onnx_export import read_metadata
 
         usable, reason = trt_tools.tensorrt_status()
         if not usable:
             raise Unavailable(reason)
-        if ctx.onnx_dir is None:
-            raise Unavailable(f"needs --onnx-dir with {precision} graphs from rsd-export --precision {precision}")
+        directory = ctx.plugin_onnx_dir if plugin else ctx.onnx_dir
+        if directory is None:
+            flag = "--plugin-onnx-dir (rsd-export --attention plugin --precision fp32)" if plugin else f"--onnx-dir (rsd-export --precision {precision})"
+            raise Unavailable(f"needs {flag} with every stage")
+        if plugin:
+            from rsd_deploy.kernels import trt_plugin
+
+            trt_plugin.register()
         stages = describe_stages(ctx.pipe)
-        cache = ctx.engine_dir or ctx.onnx_dir / "engines"
+        cache = ctx.engine_dir or directory / "engines"
         runners = {}
         for name in STAGE_NAMES:
-            graph = ctx.onnx_dir / onnx_file_name(name, precision)
+            graph = directory / onnx_file_name(name, precision)
             if not graph.is_file():
                 raise Unavailable(f"{graph} missing (rsd-export --precision {precision} --stages all)")
+            attention = read_metadata(graph).get("attention", "reference")
+            if attention != ("plugin" if plugin else "reference"):
+                raise Unavailable(f"{graph} was exported with --attention {attention}")
             engine, _ = trt_tools.cached_engine(graph, stages[name], precision, ctx.shape_range, cache)
             runners[name] = trt_tools.EngineRunner(engine)
 
@@ -415,14 +426,18 @@ def backends(device: torch.device) -> list[Backend]:
         Backend(REFERENCE, "PyTorch eager fp32, official attention (the quality reference)", _eager(torch.float32, "reference")),
         Backend("pytorch-fp32-sdpa", "PyTorch eager fp32, scaled_dot_product_attention", _eager(torch.float32, "sdpa")),
         Backend("pytorch-fp32-triton", "PyTorch eager fp32, fused Triton window attention", _eager(torch.float32, "triton")),
-        Backend("pytorch-fp16", "PyTorch eager fp16, fused Triton window attention", _eager(torch.float16, "triton", gpu_only=True)),
+        # fp16 is a GPU format here: PyTorch's CPU fp16 convolutions are slow reference kernels
+        Backend("pytorch-fp16-sdpa", "PyTorch eager fp16, scaled_dot_product_attention", _eager(torch.float16, "sdpa", gpu_only=True)),
+        Backend("pytorch-fp16-triton", "PyTorch eager fp16, fused Triton window attention", _eager(torch.float16, "triton", gpu_only=True)),
         Backend("pytorch-bf16", "PyTorch eager bf16, scaled_dot_product_attention", _eager(torch.bfloat16, "sdpa")),
         Backend("torch-compile", "torch.compile (inductor), sdpa attention; fp16 on GPU, fp32 on CPU", _compiled,
                 default=device.type == "cuda", not_default_reason=slow_compile),
         Backend("onnxruntime-cpu", "ONNX Runtime, CPU execution provider, fp32 graphs", _onnxruntime("CPUExecutionProvider")),
         Backend("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider, fp32 graphs", _onnxruntime("CUDAExecutionProvider")),
-        Backend("tensorrt-fp16", "TensorRT engine from the fp16 graphs", _tensorrt("fp16")),
-        Backend("tensorrt-int8", "TensorRT engine from the INT8 Q/DQ graphs", _tensorrt("int8")),
+        Backend("tensorrt-fp32", "TensorRT engines from the fp32 graphs", _tensorrt("fp32")),
+        Backend("tensorrt-fp32-plugin", "TensorRT engines with the fused Triton window-attention plugin (fp32 graphs)", _tensorrt("fp32", plugin=True)),
+        Backend("tensorrt-fp16", "TensorRT engines from the fp16 graphs", _tensorrt("fp16")),
+        Backend("tensorrt-int8", "TensorRT engines from the INT8 Q/DQ graphs", _tensorrt("int8")),
         Backend("upstream-rsd-1step", "official one-step RSD procedure (SRPipeline.forward, fp16 autocast on CUDA)", _upstream(_upstream_student)),
         Backend("upstream-resshift", "official multi-step ResShift chain on the teacher, all T steps of its schedule (fp16 autocast on CUDA)", _upstream(_upstream_teacher)),
     ]
@@ -484,6 +499,7 @@ def run_bench(
     timer: Timer | None = None,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    plugin_onnx_dir: Path | None = None,
 ) -> dict:
     """Run the grid and write bench.json / bench.md / bench.png; return the report."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -494,7 +510,7 @@ def run_bench(
     if unknown:
         raise ValueError(f"unknown backends {unknown}; choose from {names}")
     shape_range = ShapeRange(batch=(1, min(batches), max(max(batches), 1)), height=(64, min(sizes), max(sizes)), width=(64, min(sizes), max(sizes)))
-    ctx = BenchContext(pipe.eval(), teacher, device, onnx_dir, engine_dir, out_dir, shape_range)
+    ctx = BenchContext(pipe.eval(), teacher, device, onnx_dir, plugin_onnx_dir, engine_dir, out_dir, shape_range)
     report = {"environment": environment(device), "model": pipe.description, "grid": {"batch": batches, "lr_size": sizes},
               "timer": {"warmup": timer.warmup, "min_iters": timer.min_iters, "max_iters": timer.max_iters, "budget_s": timer.budget_s},
               "backends": {}, "results": [], "unavailable": []}
@@ -596,38 +612,47 @@ def markdown(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
+    """One panel per LR size: for each batch size a group of bars, one per backend, stacked
+    encoder / generator / decoder p50, with the end-to-end p50 as a black tick. The y axis is
+    linear and capped at 1.2x the slowest one-step backend; taller bars (the multi-step chain)
+    are cut and carry their value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sizes = report["grid"]["lr_size"]
-    batches = report["grid"]["batch"]
+    sizes, batches = report["grid"]["lr_size"], report["grid"]["batch"]
     names = list(report["backends"])
     colors = {"encoder": "#4C72B0", "generator": "#DD8452", "decoder": "#55A868"}
-    fig, axes = plt.subplots(1, len(sizes), figsize=(max(6, 1.2 * len(names) * len(batches)) , 4.5), squeeze=False)
-    width = 0.8 / max(len(names), 1)
+    one_step = [r["end_to_end"]["p50_ms"] for r in report["results"] if r["backend"] != "upstream-resshift"]
+    cap = 1.2 * max(one_step) if one_step else None
+    fig, axes = plt.subplots(1, len(sizes), figsize=(max(6.0, 0.45 * len(names) * len(batches) + 2), 5), squeeze=False)
     for ax, size in zip(axes[0], sizes):
-        for index, name in enumerate(names):
-            rows = {r["batch"]: r for r in report["results"] if r["backend"] == name and r["lr_size"] == size}
-            xs = [i + (index - (len(names) - 1) / 2) * width for i in range(len(batches))]
-            bottom = np.zeros(len(batches))
-            for stage in STAGES:
-                heights = np.array([rows[b]["stages"][stage]["p50_ms"] if b in rows and stage in rows[b]["stages"] else 0 for b in batches])
-                ax.bar(xs, heights, width * 0.9, bottom=bottom, color=colors[stage], edgecolor="white", linewidth=0.3,
-                       label=stage if index == 0 and size == sizes[0] else None)
-                bottom += heights
-            e2e = [rows[b]["end_to_end"]["p50_ms"] if b in rows else np.nan for b in batches]
-            ax.plot(xs, e2e, "k_", markersize=10, label="end to end (fused)" if index == 0 and size == sizes[0] else None)
-            for x, b in zip(xs, batches):
-                if b in rows:
-                    ax.text(x, 0, name, rotation=90, fontsize=6, ha="center", va="bottom", color="white")
-        ax.set_xticks(range(len(batches)), [f"batch {b}" for b in batches])
-        ax.set_yscale("log")
-        ax.set_ylabel("p50 latency, ms (log)")
-        ax.set_title(f"LR {size}x{size} -> {4 * size}x{4 * size}")
-    fig.legend(loc="upper right", fontsize=8)
-    fig.suptitle(f"rsd-bench on {report['environment']['device']}", fontsize=10)
+        ticks, labels = [], []
+        for group, batch in enumerate(batches):
+            for index, name in enumerate(names):
+                row = next((r for r in report["results"] if r["backend"] == name and r["lr_size"] == size and r["batch"] == batch), None)
+                if row is None:
+                    continue
+                x = group * (len(names) + 1) + index
+                bottom = 0.0
+                for stage in STAGES:
+                    height = row["stages"][stage]["p50_ms"] if stage in row["stages"] else 0.0
+                    ax.bar(x, height, 0.8, bottom=bottom, color=colors[stage], label=stage if (x, size) == (0, sizes[0]) else None)
+                    bottom += height
+                e2e = row["end_to_end"]["p50_ms"]
+                ax.plot([x - 0.4, x + 0.4], [e2e, e2e], "k-", linewidth=2, label="end to end" if (x, size) == (0, sizes[0]) else None)
+                if cap and max(e2e, bottom) > cap:
+                    ax.text(x, cap * 0.98, f"{max(e2e, bottom) / 1000:.1f} s", ha="center", va="top", fontsize=7, rotation=90, color="white")
+                ticks.append(x)
+                labels.append(f"{name}  b{batch}")
+        ax.set_xticks(ticks, labels, rotation=60, ha="right", fontsize=7)
+        if cap:
+            ax.set_ylim(0, cap)
+        ax.set_ylabel("p50 latency per batch, ms")
+        ax.set_title(f"LR {size}x{size} -> {4 * size}x{4 * size}", fontsize=10)
+    fig.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"rsd-bench: {report['environment']['device']}", fontsize=10)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=120)
@@ -693,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", help="comma-separated subset (default: every backend but the slow-to-prepare ones); see --list")
     parser.add_argument("--list", action="store_true", help="list the backends and exit")
     parser.add_argument("--onnx-dir", type=Path, help="rsd-export output with <stage>.fp32.onnx (default: export into OUT/onnx)")
+    parser.add_argument("--plugin-onnx-dir", type=Path, help="rsd-export --attention plugin --precision fp32 output (TensorRT with the fused kernel)")
     parser.add_argument("--engine-dir", type=Path, help="TensorRT engine cache (default ONNX_DIR/engines, as rsd-export)")
     parser.add_argument("--iters", type=int, default=20, help="most timed calls per number (default 20)")
     parser.add_argument("--min-iters", type=int, default=3)
@@ -723,8 +749,9 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer(device, args.warmup, args.min_iters, args.iters, args.budget_s)
     print(f"rsd-bench: {pipe.description}; device {device}; batch {args.batch}; LR {args.lr_size}", flush=True)
     try:
-        run_bench(pipe, args.out, args.batch, args.lr_size, selected, teacher, args.onnx_dir, args.engine_dir, device, timer,
-                  log=lambda line: print(line, flush=True))
+        run_bench(pipe, args.out, args.batch, args.lr_size, selected=selected, teacher=teacher, onnx_dir=args.onnx_dir,
+                  engine_dir=args.engine_dir, device=device, timer=timer, log=lambda line: print(line, flush=True),
+                  plugin_onnx_dir=args.plugin_onnx_dir)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
