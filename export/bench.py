@@ -321,6 +321,7 @@ def _onnxruntime(provider: str) -> Callable[[BenchContext], Runner]:
             raise Unavailable(f"{provider} is not in this onnxruntime build ({', '.join(ort.get_available_providers())}); install onnxruntime-gpu alone")
         files = _onnx_files(ctx)
         options = ort.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()  # the same CPU threads as the PyTorch backends
         sessions = {s: ort.InferenceSession(str(p), options, providers=[provider]) for s, p in files.items()}
 
         def run(stage: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
