@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="plugin: each window attention becomes one TensorRT plugin node (fp32 only; such graphs "
                         "run in TensorRT only, so the ONNX Runtime parity checks are skipped)")
     parser.add_argument("--no-engine", action="store_true", help="stop after the ONNX graphs (no TensorRT)")
+    parser.add_argument("--triton-repo", type=Path,
+                        help="also write a Triton Inference Server model repository here (TensorRT plans when built, else the ONNX graphs)")
     parser.add_argument("--opt-level", type=int, default=None, help="TensorRT builder optimization level (default 3, INT8 4)")
     parser.add_argument("--engine-cache", type=Path, help="engine cache directory (default OUT/engines)")
     return parser
@@ -210,6 +212,15 @@ def run(args) -> int:
 
     # 3. TensorRT engines, or the exact commands that build them
     report["tensorrt"] = _tensorrt(args, stages, graphs, shapes, out, real)
+
+    # 4. optionally, a Triton Inference Server model repository over those artifacts
+    if args.triton_repo:
+        from .triton_repo import repository_from_export
+
+        engines = {e["stage"]: Path(e["engine"]) for e in report["tensorrt"].get("engines", [])}
+        _, backend = repository_from_export(args.triton_repo, pipe, shapes, graphs, engines, overwrite=True)
+        report["triton_repository"] = {"path": str(args.triton_repo), "stage_backend": backend}
+        _say(f"Triton model repository ({backend} stages) written to {args.triton_repo}")
     report["total_seconds"] = time.perf_counter() - started
     json_path, md_path = write_report(out, report)
     _say(f"wrote {json_path} and {md_path} ({report['total_seconds']:.0f} s in all)")

@@ -63,3 +63,15 @@ def test_plugin_attention_export(checkpoint, tmp_path, capsys):
     assert len(plugin_nodes(onnx.load(str(out / "generator.fp32.onnx")))) == 6
     assert main(["--checkpoint", str(checkpoint), "--precision", "fp16", "--attention", "plugin", "--out", str(out)]) == 2
     assert "--precision fp32" in capsys.readouterr().err
+
+
+def test_triton_repository_written_beside_the_graphs(checkpoint, tmp_path, capsys):
+    from rsd_deploy.export.triton_repo import check_repository
+
+    out, repo = tmp_path / "out", tmp_path / "repo"
+    code = main(["--checkpoint", str(checkpoint), "--precision", "fp32", "--lr-size", "64", "--batch", "1",
+                 "--out", str(out), "--triton-repo", str(repo)])
+    assert code == 0 and "Triton model repository (onnxruntime stages)" in capsys.readouterr().out
+    configs = check_repository(repo)  # every config.pbtxt parsed by Triton's own protobuf
+    assert {"rsd_sr", "rsd_encoder", "rsd_generator", "rsd_decoder"} <= set(configs)
+    assert json.loads((out / "report.json").read_text())["triton_repository"]["stage_backend"] == "onnxruntime"
