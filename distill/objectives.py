@@ -165,12 +165,17 @@ class DistillationObjective:
         return loss, metrics
 
 
-class FakeModelMixin:
-    """The fake ResShift model f_phi with its GAN head, trained on the student's noised outputs."""
+class FakeModelObjective(DistillationObjective):
+    """Objectives with a fake ResShift model f_phi (and its GAN head), trained on the student's
+    noised outputs for ``fake_updates`` steps before each student step."""
 
-    def _init_fake(self, teacher: UNetModelSwin) -> FakeScoreWithHead:
-        fake = FakeScoreWithHead(copy.deepcopy(teacher)).train().requires_grad_(True)
-        return fake
+    def __init__(self, teacher, schedule, codec, lpips, config: ObjectiveConfig):
+        super().__init__(teacher, schedule, codec, lpips, config)
+        self.fake = FakeScoreWithHead(copy.deepcopy(teacher)).train().requires_grad_(True)
+        self.networks = {"student": self.student, "fake": self.fake}
+
+    def phases(self) -> list[str]:
+        return ["fake"] * self.config.fake_updates + ["student"]
 
     def fake_loss(self, fake: nn.Module, batch: Batch, gen: torch.Generator):
         with torch.no_grad():
@@ -188,16 +193,8 @@ class FakeModelMixin:
         return loss, {"fake_mse": mse.item(), "d_loss": d_loss.item()}
 
 
-class RSDObjective(DistillationObjective, FakeModelMixin):
+class RSDObjective(FakeModelObjective):
     """RSD: the tractable fake-vs-teacher loss + LPIPS + latent GAN, multistep-trained student."""
-
-    def __init__(self, teacher, schedule, codec, lpips, config: ObjectiveConfig):
-        super().__init__(teacher, schedule, codec, lpips, config)
-        self.fake = self._init_fake(teacher)
-        self.networks = {"student": self.student, "fake": self.fake}
-
-    def phases(self) -> list[str]:
-        return ["fake"] * self.config.fake_updates + ["student"]
 
     def loss(self, phase: str, net: nn.Module, batch: Batch, gen: torch.Generator):
         if phase == "fake":
@@ -266,21 +263,13 @@ class TADSRObjective(DistillationObjective):
         return loss, {"hf_sd": distill.item(), "g_gan": gan.item(), **metrics}
 
 
-class TSDSRObjective(DistillationObjective, FakeModelMixin):
+class TSDSRObjective(FakeModelObjective):
     """TSD-SR: target score distillation on the ResShift teacher.
 
     Gradient on x0_hat (x0-prediction form, per-sample normalised as in RSD):
     ``0.7 (f_phi - f*)(x_t) + 0.3 (f*(x_t) - f*(x_t^HR))`` with x_t = q(x0_hat) and x_t^HR = q(z0)
     sharing eps; distribution-aware sampling averages it over ``tsd_nearby`` adjacent timesteps.
     """
-
-    def __init__(self, teacher, schedule, codec, lpips, config: ObjectiveConfig):
-        super().__init__(teacher, schedule, codec, lpips, config)
-        self.fake = self._init_fake(teacher)
-        self.networks = {"student": self.student, "fake": self.fake}
-
-    def phases(self) -> list[str]:
-        return ["fake"] * self.config.fake_updates + ["student"]
 
     @torch.no_grad()
     def target_score_gradient(self, x0_hat: torch.Tensor, batch: Batch, gen: torch.Generator) -> torch.Tensor:
