@@ -95,14 +95,20 @@ def test_concurrent_requests_over_both_protocols(server, http, grpc, demo):
     jobs = [(photo(64, 64, offset=8 * i), 100 + i) for i in range(6)]
     references = [expected(demo, image, seed) for image, seed in jobs]
 
-    def call(index: int) -> np.ndarray:
+    # tritonclient's HTTP client runs on gevent and must stay on one thread: its requests overlap
+    # through async_infer (the client has concurrency=4). The gRPC client is thread-safe, so its
+    # calls run from a thread pool at the same time.
+    def grpc_call(index: int) -> np.ndarray:
         image, seed = jobs[index]
-        if index % 2:
-            return grpc.infer(MODEL, request(grpcclient, image[None], [seed]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")[0]
-        return http.infer(MODEL, request(httpclient, image[None], [seed]), timeout=TIMEOUT_S).as_numpy("HR_IMAGE")[0]
+        return grpc.infer(MODEL, request(grpcclient, image[None], [seed]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")[0]
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
-        results = list(pool.map(call, range(len(jobs)), timeout=4 * TIMEOUT_S))
+        grpc_futures = {i: pool.submit(grpc_call, i) for i in range(1, len(jobs), 2)}
+        http_pending = {i: http.async_infer(MODEL, request(httpclient, jobs[i][0][None], [jobs[i][1]]), timeout=TIMEOUT_S)
+                        for i in range(0, len(jobs), 2)}
+        served = {i: pending.get_result(timeout=4 * TIMEOUT_S).as_numpy("HR_IMAGE")[0] for i, pending in http_pending.items()}
+        served.update({i: future.result(timeout=4 * TIMEOUT_S) for i, future in grpc_futures.items()})
+    results = [served[i] for i in range(len(jobs))]
     for served, reference in zip(results, references):
         assert_close(served, reference)
 
