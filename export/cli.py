@@ -1,7 +1,8 @@
 """``rsd-export``: checkpoint -> ONNX graphs (fp32 / fp16 / INT8) -> TensorRT engines, each proven
 against the PyTorch reference; writes ``report.json`` and ``report.md`` into ``--out``.
 
-    rsd-export --precision fp16                      # embedded default model, all four graphs
+    rsd-export --precision fp16                      # embedded default model: encoder, generator, decoder
+    rsd-export --precision fp16 --stages all         # ... plus the fused one-graph pipeline
     rsd-export --precision int8 --checkpoint rsd.pth --vae autoencoder_vq_f4.pth --calib-dir DIV2K
     rsd-export --preset tiny-rsd --stages generator --precision fp32 --no-engine --out /tmp/x
 """
