@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from rsd_deploy.presets import REALSR_X4_UNET
+from rsd_deploy.presets import REALSR_X4_UNET, TINY_UNET
 
 # scikit-image photos for the CPU-scale runs; held-out photos never appear in training.
 # (`cat` is `chelsea` again and the right motorcycle view nearly equals the left: both excluded.)
@@ -24,18 +24,7 @@ TRAIN_PHOTOS = ["astronaut", "immunohistochemistry", "hubble_deep_field", "stere
 HELD_OUT_PHOTOS = ["chelsea", "coffee", "rocket"]
 
 # The demo denoiser: UNetModelSwin on the 48-channel pixel-unshuffle latent, two levels, Swin at both.
-DEMO_UNET = {
-    **REALSR_X4_UNET,
-    "in_channels": 48,
-    "out_channels": 48,
-    "model_channels": 32,
-    "channel_mult": [1, 2],
-    "num_res_blocks": [1, 1],
-    "attention_resolutions": [64, 32],
-    "num_head_channels": 16,
-    "swin_embed_dim": 32,
-    "mlp_ratio": 2,
-}
+DEMO_UNET = {**TINY_UNET, "in_channels": 48, "out_channels": 48}
 
 
 @dataclass
