@@ -79,7 +79,8 @@ def shift_mask(h: int, w: int, window: int, shift: int, device: torch.device | N
     """The official shifted-window mask, (nW, N, N) float32 with 0 / -100 entries."""
     if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return _shift_mask(h, w, window, shift, device)
-    return _cached_shift_mask(h, w, window, shift, device)
+    # key the cache on the actual device: None under `with torch.device("meta")` is not None on CPU
+    return _cached_shift_mask(h, w, window, shift, torch.device(device) if device is not None else torch.get_default_device())
 
 
 def reference_window_attention(

@@ -18,8 +18,11 @@ class GroupNorm32(nn.GroupNorm):
         return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
 
 
-def normalization(channels: int) -> GroupNorm32:
-    return GroupNorm32(32, channels)
+def normalization(channels: int, groups: int = 32) -> GroupNorm32:
+    """The official models use 32 groups. Small configs can take fewer: at 32 channels, 32 groups
+    is a per-channel instance norm, and the output head (GroupNorm -> SiLU -> conv) then cannot
+    carry a per-image channel mean (the global colour) to the output."""
+    return GroupNorm32(groups, channels)
 
 
 def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:

@@ -73,7 +73,9 @@ class Mlp(nn.Module):
 class SwinTransformerBlock(nn.Module):
     """GroupNorm -> (shifted) window attention -> residual -> GroupNorm -> MLP -> residual."""
 
-    def __init__(self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float):
+    def __init__(
+        self, dim: int, resolution: int, num_heads: int, window: int, shift: int, mlp_ratio: float, norm_groups: int = 32
+    ):
         super().__init__()
         if resolution <= window:
             # As the official block: a grid no larger than one window is never shifted, and the
@@ -81,9 +83,9 @@ class SwinTransformerBlock(nn.Module):
             shift, window = 0, resolution
         self.window = window
         self.shift = shift
-        self.norm1 = normalization(dim)
+        self.norm1 = normalization(dim, norm_groups)
         self.attn = WindowAttention(dim, window, num_heads)
-        self.norm2 = normalization(dim)
+        self.norm2 = normalization(dim, norm_groups)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
         if shift:
             # Kept only for checkpoint compatibility (the official layout stores it); the mask
@@ -100,10 +102,10 @@ class SwinTransformerBlock(nn.Module):
 class PatchProjection(nn.Module):
     """1x1 conv between the UNet width and the Swin width (``patch_embed`` / ``patch_unembed``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, patch_norm: bool):
+    def __init__(self, in_channels: int, out_channels: int, patch_norm: bool, norm_groups: int = 32):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, out_channels, 1)
-        self.norm = normalization(out_channels) if patch_norm else nn.Identity()
+        self.norm = normalization(out_channels, norm_groups) if patch_norm else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.proj(x))
@@ -123,9 +125,10 @@ class SwinTransformerStage(nn.Module):
         resolution: int,
         mlp_ratio: float,
         patch_norm: bool,
+        norm_groups: int = 32,
     ):
         super().__init__()
-        self.patch_embed = PatchProjection(channels, embed_dim, patch_norm)
+        self.patch_embed = PatchProjection(channels, embed_dim, patch_norm, norm_groups)
         self.blocks = nn.ModuleList(
             SwinTransformerBlock(
                 embed_dim,
@@ -134,10 +137,11 @@ class SwinTransformerStage(nn.Module):
                 window,
                 shift=0 if i % 2 == 0 else window // 2,
                 mlp_ratio=mlp_ratio,
+                norm_groups=norm_groups,
             )
             for i in range(depth)
         )
-        self.patch_unembed = PatchProjection(embed_dim, channels, patch_norm)
+        self.patch_unembed = PatchProjection(embed_dim, channels, patch_norm, norm_groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x)

@@ -22,13 +22,15 @@ from .swin import SwinTransformerStage, WindowAttention
 class ResBlock(nn.Module):
     """GroupNorm -> SiLU -> conv, FiLM by the time embedding (scale, shift), -> conv; 1x1 skip."""
 
-    def __init__(self, channels: int, emb_channels: int, out_channels: int, dropout: float, scale_shift: bool):
+    def __init__(
+        self, channels: int, emb_channels: int, out_channels: int, dropout: float, scale_shift: bool, norm_groups: int = 32
+    ):
         super().__init__()
         self.scale_shift = scale_shift
-        self.in_layers = nn.Sequential(normalization(channels), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
+        self.in_layers = nn.Sequential(normalization(channels, norm_groups), nn.SiLU(), nn.Conv2d(channels, out_channels, 3, padding=1))
         self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_channels, (2 if scale_shift else 1) * out_channels))
         self.out_layers = nn.Sequential(
-            normalization(out_channels), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
+            normalization(out_channels, norm_groups), nn.SiLU(), nn.Dropout(dropout), nn.Conv2d(out_channels, out_channels, 3, padding=1)
         )
         nn.init.zeros_(self.out_layers[-1].weight)
         nn.init.zeros_(self.out_layers[-1].bias)
@@ -102,6 +104,7 @@ class UNetModelSwin(nn.Module):
         cond_lq: bool = True,
         lq_size: int = 64,
         noise_channels: int = 0,
+        norm_groups: int = 32,
         **unused_official_keys,
     ):
         super().__init__()
@@ -132,11 +135,11 @@ class UNetModelSwin(nn.Module):
 
         def swin(channels: int, resolution: int) -> SwinTransformerStage:
             return SwinTransformerStage(
-                channels, swin_embed_dim, heads, window_size, swin_depth, resolution, mlp_ratio, patch_norm
+                channels, swin_embed_dim, heads, window_size, swin_depth, resolution, mlp_ratio, patch_norm, norm_groups
             )
 
         def resblock(cin: int, cout: int) -> ResBlock:
-            return ResBlock(cin, emb_dim, cout, dropout, use_scale_shift_norm)
+            return ResBlock(cin, emb_dim, cout, dropout, use_scale_shift_norm, norm_groups)
 
         ch = int(channel_mult[0] * model_channels)
         first_in = in_channels + self.lq_channels + noise_channels
@@ -170,7 +173,7 @@ class UNetModelSwin(nn.Module):
                     resolution *= 2
                 self.output_blocks.append(TimestepSequential(*layers))
 
-        self.out = nn.Sequential(normalization(ch), nn.SiLU(), nn.Conv2d(int(channel_mult[0] * model_channels), out_channels, 3, padding=1))
+        self.out = nn.Sequential(normalization(ch, norm_groups), nn.SiLU(), nn.Conv2d(int(channel_mult[0] * model_channels), out_channels, 3, padding=1))
 
     def set_attention_backend(self, name: str) -> "UNetModelSwin":
         """Route every Swin block's window attention through the named implementation."""

@@ -84,3 +84,18 @@ def test_noise_argument_checked(tiny_rsd):
     t = torch.tensor([14])
     with pytest.raises(ValueError, match="noise"):
         tiny_rsd.unet(x, t, lq=x)
+
+
+def test_norm_groups_change_normalisation_not_layout(tmp_path):
+    from rsd_deploy.checkpoints import load_unet, save_module
+    from rsd_deploy.distill.config import DEMO_UNET
+
+    official = UNetModelSwin(**{**DEMO_UNET, "norm_groups": 32})
+    demo = UNetModelSwin(**DEMO_UNET)
+    assert {k: v.shape for k, v in official.state_dict().items()} == {k: v.shape for k, v in demo.state_dict().items()}
+    groups = {m.num_groups for m in demo.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert groups == {DEMO_UNET["norm_groups"]}
+    # the group count lives in our JSON config, not in the weights, so it must survive a round trip
+    save_module(demo, tmp_path / "unet.safetensors", "unet", dict(DEMO_UNET))
+    loaded = load_unet(tmp_path / "unet.safetensors")
+    assert {m.num_groups for m in loaded.modules() if isinstance(m, torch.nn.GroupNorm)} == groups
