@@ -19,6 +19,9 @@ log = logging.getLogger(__name__)
 
 ALEXNET_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1 AlexNet weights
 RANDOM_BACKBONE_SEED = 0  # the random backbone is seeded so that the fallback metric is reproducible
+# Evaluating with the backbone a student was trained against would grade it on its own loss; the
+# proof evaluates a random-backbone LPIPS on a different one.
+EVAL_BACKBONE_SEED = 1
 
 
 def alexnet_weights_cached() -> bool:
@@ -28,7 +31,7 @@ def alexnet_weights_cached() -> bool:
 class LPIPSLoss(nn.Module):
     """LPIPS distance between images in [-1, 1], one value per sample; frozen."""
 
-    def __init__(self, backbone: str = "auto"):
+    def __init__(self, backbone: str = "auto", seed: int = RANDOM_BACKBONE_SEED):
         super().__init__()
         import lpips
 
@@ -41,9 +44,10 @@ class LPIPSLoss(nn.Module):
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'} (run once where torchvision can download it)"
             )
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_BACKBONE_SEED)
+            torch.manual_seed(seed)
             self.net = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not pretrained, verbose=False)
         self.pretrained_backbone = pretrained
+        self.seed = seed
         if not pretrained:
             log.warning(
                 "LPIPS: AlexNet ImageNet weights (%s) are not in the torch hub cache; using the lpips "
@@ -54,7 +58,7 @@ class LPIPSLoss(nn.Module):
 
     @property
     def kind(self) -> str:
-        return "LPIPS-alex" if self.pretrained_backbone else "LPIPS-alex(random backbone)"
+        return "LPIPS-alex" if self.pretrained_backbone else f"LPIPS-alex(random backbone, seed {self.seed})"
 
     def train(self, mode: bool = True) -> "LPIPSLoss":
         return super().train(False)  # always eval: dropout in the lpips heads stays off

@@ -32,7 +32,7 @@ from rsd_deploy.checkpoints import BUNDLED_DIR, DEMO_NAME, load_pipeline, save_p
 
 from .config import build_config
 from .data import skimage_photo, validation_pairs
-from .losses import LPIPSLoss
+from .losses import EVAL_BACKBONE_SEED, LPIPSLoss
 from .metrics import image_metrics
 from .trainer import Trainer
 
@@ -61,7 +61,7 @@ def evaluate(teacher_dir: Path, student_dir: Path, seeds: list[int], crop: int, 
     sources = [skimage_photo(name) for name in base.data.val_photos]
     hr, lr = validation_pairs(sources, crop, per_image, degradation)
     teacher, student = load_pipeline(teacher_dir), load_pipeline(student_dir)
-    lpips = LPIPSLoss("auto")
+    lpips = LPIPSLoss("auto", seed=EVAL_BACKBONE_SEED)  # not the backbone the student was trained against
     runs = {
         "bicubic": lambda seed: F.interpolate(lr, scale_factor=4, mode="bicubic").clamp(0, 1),
         "teacher, 1 step": lambda seed: teacher(lr, steps=1, seed=seed),
