@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "png_io.h"
+#include "runner_args.h"
 
 namespace {
 
@@ -29,19 +30,11 @@ int metadata_int(const std::unordered_map<std::string, std::string>& meta, const
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::cerr << "usage: " << argv[0] << " model.pt2 input.png output.png [--seed N] [--iters N]\n";
-    return 2;
-  }
-  const std::string package = argv[1], input = argv[2], output = argv[3];
-  uint64_t seed = 0;
-  int iters = 1;
-  for (int i = 4; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i];
-    if (flag == "--seed") seed = std::stoull(argv[i + 1]);
-    else if (flag == "--iters") iters = std::max(1, std::stoi(argv[i + 1]));
-    else { std::cerr << "unknown option " << flag << "\n"; return 2; }
-  }
+  const auto args = rsd::parse_runner_args(argc, argv, "model.pt2", 1);
+  if (!args) return 2;
+  const std::string package = args->model, input = args->input, output = args->output;
+  const uint64_t seed = args->seed;
+  const int iters = args->iters;
   try {
     torch::inductor::AOTIModelPackageLoader loader(package);
     auto meta = loader.get_metadata();

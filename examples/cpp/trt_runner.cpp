@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "png_io.h"
+#include "runner_args.h"
 
 namespace {
 
@@ -62,19 +63,11 @@ struct DeviceBuffer {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
-    std::cerr << "usage: " << argv[0] << " engine.plan input.png output.png [--seed N] [--iters N]\n";
-    return 2;
-  }
-  const std::string engine_path = argv[1], input = argv[2], output = argv[3];
-  uint64_t seed = 0;
-  int iters = 10;
-  for (int i = 4; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i];
-    if (flag == "--seed") seed = std::stoull(argv[i + 1]);
-    else if (flag == "--iters") iters = std::max(1, std::stoi(argv[i + 1]));
-    else { std::cerr << "unknown option " << flag << "\n"; return 2; }
-  }
+  const auto args = rsd::parse_runner_args(argc, argv, "engine.plan", 10);
+  if (!args) return 2;
+  const std::string engine_path = args->model, input = args->input, output = args->output;
+  const uint64_t seed = args->seed;
+  const int iters = args->iters;
   try {
     Logger logger;
     std::unique_ptr<nvinfer1::IRuntime> runtime(nvinfer1::createInferRuntime(logger));
