@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import torch
+
+from rsd_deploy.distill.losses import EVAL_BACKBONE_SEED, LPIPSLoss
 from rsd_deploy.distill.proof import markdown, verdict
 
 
@@ -27,3 +30,10 @@ def test_markdown_states_the_verdict():
     report["verdict"] = verdict(report["rows"], 15)
     text = markdown(report)
     assert "Claim holds: **yes**" in text and "| 0.00940 |" in text
+
+
+def test_evaluation_backbone_is_not_the_training_one():
+    train, evaluate, again = LPIPSLoss("random"), LPIPSLoss("random", seed=EVAL_BACKBONE_SEED), LPIPSLoss("random", seed=EVAL_BACKBONE_SEED)
+    first = lambda m: next(m.net.net.parameters())
+    assert not torch.equal(first(train), first(evaluate))
+    assert torch.equal(first(evaluate), first(again))  # seeded: the metric is reproducible
