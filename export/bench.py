@@ -40,10 +40,11 @@ import numpy as np
 import torch
 
 from rsd_deploy.atomic import atomic_path
+from rsd_deploy.distill.losses import LPIPSLoss
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
-from .parity import Lpips, psnr
+from .parity import lpips_distance, psnr
 from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name
 
 STAGES = ("encoder", "generator", "decoder")
@@ -351,10 +352,6 @@ def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], 
         if directory is None:
             flag = "--plugin-onnx-dir (rsd-export --attention plugin --precision fp32)" if plugin else f"--onnx-dir (rsd-export --precision {precision})"
             raise Unavailable(f"needs {flag} with every stage")
-        if plugin:
-            from rsd_deploy.kernels import trt_plugin
-
-            trt_plugin.register()
         stages = describe_stages(ctx.pipe)
         cache = ctx.engine_dir or directory / "engines"
         runners = {}
@@ -517,8 +514,8 @@ def run_bench(
               "backends": {}, "results": [], "unavailable": []}
     inputs = {(b, s): case_inputs(pipe, b, s, seed) for b in batches for s in sizes}
     references: dict[tuple[int, int], torch.Tensor] = {}
-    lpips = Lpips()
-    report["quality_metrics"] = {"psnr": f"dB vs {REFERENCE} end-to-end output", "lpips": lpips.description}
+    lpips = LPIPSLoss("auto")
+    report["quality_metrics"] = {"psnr": f"dB vs {REFERENCE} end-to-end output", "lpips": lpips.kind}
     rss = RssSampler()
     order = [b for b in registry if b.name == REFERENCE] + [b for b in registry if b.name != REFERENCE]
     for backend in order:
@@ -549,7 +546,7 @@ def run_bench(
             comparable = reference is not None and not backend.name.startswith("upstream-resshift")
             result["quality"] = {
                 "psnr_db": psnr(output, reference) if comparable else None,
-                "lpips": lpips(output, reference) if comparable else None,
+                "lpips": lpips_distance(lpips, output, reference) if comparable else None,
             }
             report["results"].append({"backend": backend.name, "batch": batch, "lr_size": size, **result})
             e2e = result["end_to_end"]

@@ -3,11 +3,9 @@
 - :func:`stage_parity`: ONNX Runtime vs the stage's torch module on the same inputs.
 - :func:`upscale_onnx`: the one-step SR through exported graphs (the fused ``pipeline`` graph, or
   encoder -> generator -> decoder chained on the host), to compare whole HR images.
-- :func:`psnr` and :class:`Lpips`. LPIPS here is the ``lpips`` package's AlexNet variant with
-  its shipped linear-layer weights but a *randomly initialised* AlexNet backbone
-  (``pnet_rand=True``): torchvision's ImageNet weights cannot be downloaded in this workplace.
-  That number is a deterministic feature-space distance, not the perceptual LPIPS of the papers;
-  :attr:`Lpips.description` says which one was measured.
+- :func:`psnr` and :func:`lpips_distance` (with :class:`~rsd_deploy.distill.losses.LPIPSLoss`,
+  which falls back to a seeded random AlexNet backbone when torchvision's ImageNet weights are not
+  cached, and says so in its ``kind``).
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
+from rsd_deploy.distill.losses import LPIPSLoss
 from rsd_deploy.pipeline import SRPipeline
 
 from .stages import StageSpec
@@ -94,36 +93,7 @@ def upscale_onnx(
     return ((hr + 1) / 2).clamp(0, 1)
 
 
-class Lpips:
-    """LPIPS (AlexNet, the package's linear weights). ``pretrained_backbone`` is False here:
-    torchvision's ImageNet AlexNet weights cannot be downloaded, so the backbone is random."""
-
-    def __init__(self):
-        import contextlib
-        import io
-
-        import lpips
-
-        self.pretrained_backbone = _alexnet_weights_cached()
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.model = lpips.LPIPS(net="alex", pretrained=True, pnet_rand=not self.pretrained_backbone, verbose=False).eval()
-        self.description = (
-            "LPIPS (AlexNet, ImageNet backbone)"
-            if self.pretrained_backbone
-            else "LPIPS-alex with a RANDOM AlexNet backbone (torchvision weights not downloadable here; "
-            "the package's linear heads, seed 0): a feature distance, not perceptual LPIPS"
-        )
-
-    @torch.no_grad()
-    def __call__(self, actual: torch.Tensor, expected: torch.Tensor) -> float:
-        """Mean distance between image batches in [0, 1]."""
-        return float(self.model(actual.float() * 2 - 1, expected.float() * 2 - 1).mean())
-
-
-def _alexnet_weights_cached() -> bool:
-    """Whether torchvision's AlexNet ImageNet weights are already in the torch hub cache."""
-    checkpoints = Path(torch.hub.get_dir()) / "checkpoints"
-    if not any(checkpoints.glob("alexnet-*.pth")):
-        torch.manual_seed(0)  # the random backbone is the same on every run
-        return False
-    return True
+@torch.no_grad()
+def lpips_distance(metric: LPIPSLoss, actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """Mean LPIPS between image batches in [0, 1]; ``metric.kind`` says which LPIPS it is."""
+    return float(metric(actual * 2 - 1, expected * 2 - 1).mean())

@@ -166,6 +166,12 @@ def cached_engine(
     trt = _trt()
     import torch
 
+    from .onnx_export import read_metadata
+
+    if read_metadata(onnx_path).get("attention") == "plugin":
+        from rsd_deploy.kernels import trt_plugin
+
+        trt_plugin.register()  # the parser, and later the runtime, find the custom op by name
     opt_level = DEFAULT_OPT_LEVEL[precision] if opt_level is None else opt_level
     profile = shapes.profile(stage)
     key = engine_cache_key(file_sha256(onnx_path), precision, profile, trt.__version__, torch.cuda.get_device_name(), opt_level)
