@@ -129,11 +129,13 @@ def sdpa_window_attention(
         qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(2, 3))
     tokens = window_partition(qkv, window)  # (B*nW, N, 3C)
     heads = tokens.reshape(b, n_windows, n, 3, num_heads, c // num_heads).permute(3, 0, 1, 4, 2, 5)
-    q, k, v = (t.reshape(b, n_windows * num_heads, n, c // num_heads) for t in heads)
-    additive = bias.to(q.dtype).unsqueeze(0).expand(n_windows, -1, -1, -1)  # (nW, heads, N, N)
-    if shift:
-        additive = additive + shift_mask(h, w, window, shift, q.device).to(q.dtype).unsqueeze(1)
-    additive = additive.reshape(1, n_windows * num_heads, n, n)
+    if shift:  # the mask differs per window: one (nW * heads, N, N) mask shared across the batch
+        q, k, v = (t.reshape(b, n_windows * num_heads, n, c // num_heads) for t in heads)
+        additive = bias.to(q.dtype).unsqueeze(0) + shift_mask(h, w, window, shift, q.device).to(q.dtype).unsqueeze(1)
+        additive = additive.reshape(1, n_windows * num_heads, n, n)
+    else:  # the bias alone broadcasts over every window without a copy
+        q, k, v = (t.reshape(b * n_windows, num_heads, n, c // num_heads) for t in heads)
+        additive = bias.to(q.dtype).unsqueeze(0)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale)
     out = out.view(b, n_windows, num_heads, n, c // num_heads).permute(0, 1, 3, 2, 4).reshape(-1, n, c)
     out = window_reverse(out, window, h, w)
