@@ -54,11 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     from .trainer import Trainer
 
     try:
-        trainer = Trainer(config)
-        trainer.fit()  # bad image folders surface here, when the data stream opens
+        trainer = Trainer(config)  # checks the teacher, codec and image folders before any training
     except (ValueError, RuntimeError) as error:
         print(f"rsd-distill: {str(error).splitlines()[0]}", file=sys.stderr)
         return 2
+    trainer.fit()
     if trainer.rank == 0:
         what = "ResShift teacher" if args.stage == "teacher" else f"{config.objective.method.upper()} one-step student"
         trainer.export(f"{config.run.out_dir}/final", args.description or f"{what} trained by rsd-distill ({args.base} base config)")

@@ -95,6 +95,10 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.step = 0
 
+        # resolve the image folders now, so a bad path fails before any training, not hours in
+        self.train_sources = load_sources(config.data.hr_dirs, config.data.photos)
+        self.val_pairs = validation_pairs(load_sources(config.data.val_dirs, config.data.val_photos), config.data.val_crop,
+                                          config.data.val_crops_per_image, config.data.degradation)
         self.codec, self.schedule, teacher = self._build_models()
         self.codec.to(self.device).eval().requires_grad_(False)
         need_lpips = config.stage == "student" and config.objective.lpips_weight > 0
@@ -162,7 +166,7 @@ class Trainer:
 
     def _loader(self) -> Iterator[torch.Tensor]:
         cfg = self.config.data
-        dataset = HRCrops(load_sources(cfg.hr_dirs, cfg.photos), cfg.crop, seed=self.config.run.seed)
+        dataset = HRCrops(self.train_sources, cfg.crop, seed=self.config.run.seed)
         per_step = len(self.objective.phases()) * self.config.optim.grad_accum
         sampler = StepSampler(self.step * per_step, self.micro, self.rank, self.world)
         loader = DataLoader(dataset, batch_size=self.micro, sampler=sampler, num_workers=cfg.workers,
@@ -283,9 +287,7 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        cfg = self.config.data
-        sources = load_sources(cfg.val_dirs, cfg.val_photos)
-        hr, lr = validation_pairs(sources, cfg.val_crop, cfg.val_crops_per_image, cfg.degradation)
+        hr, lr = self.val_pairs
         pipe = self.pipeline().to(self.device)
         steps = 1 if self.config.stage == "student" else self.schedule.steps
         sr = pipe(lr.to(self.device), steps=steps, seed=0).cpu()
