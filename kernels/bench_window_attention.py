@@ -1,20 +1,18 @@
 """Benchmark: fused Triton window attention vs the eager reference and SDPA, then the whole UNet
 and the one-step pipeline with and without the kernels.
 
-    python -m rsd_deploy.kernels.bench_window_attention            # on a CUDA GPU, ~3-5 minutes
+    python -m rsd_deploy.kernels.bench_window_attention            # on a CUDA GPU (not yet run on one)
     python -m rsd_deploy.kernels.bench_window_attention --out DIR  # JSON (+ PNG) into DIR
 
-Per op (this model's attention: 6 heads x 32, windows of 8x8), for each grid (64/32/16/8 windows
-of 8x8 per side at a 64x64 latent, and 128 for a 128x128 latent), batch 1 and 16, shift 0 / 4:
-median time of the eager reference, SDPA with an additive float mask (the strongest library
-baseline; twice: the model's ``sdpa`` backend, whose mask is repeated over the batch, and a
-variant with the windows folded into the head axis so that one mask broadcasts over the batch;
-"vs sdpa" is against the faster of the two) and the Triton kernel (default launch, and with two neighbouring windows per program
+Per op (this model's attention: 6 heads x 32, windows of 8x8), for each map size (64/32/16/8 tokens
+per side, the UNet levels at a 64x64 latent, and 128 for a 128x128 latent), batch 1 and 16, shift 0 / 4:
+median time of the eager reference, SDPA with an additive float mask (the model's ``sdpa``
+backend, the strongest library baseline) and the Triton kernel (default launch, and with two neighbouring windows per program
 as a tuning comparison), measured side by side in one run (``triton.testing.do_bench``: warm-up,
 then the median over repetitions, L2 flushed before each call; ``--graphs`` adds CUDA-graph
 timings, which remove launch overhead at batch 1 and keep L2 warm). Achieved bandwidth counts the bytes the op must move (qkv in, out
 back, the bias once) and is reported against this device's measured copy bandwidth and against
-the 3.0 TB/s H100 figure in kernel-facts.md. Every timed configuration is first checked against
+a 3.0 TB/s H100 figure (the project's kernel targets). Every timed configuration is first checked against
 the reference (relative error column).
 
 Then the official x4 UNet (RSD student config) forward and the one-step pipeline (encode ->
@@ -36,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-H100_HBM_TBPS = 3.0  # measured H100 HBM bandwidth quoted in kernel-facts.md
+H100_HBM_TBPS = 3.0  # the measured H100 HBM bandwidth the project's kernel targets quote
 TARGETS = {"vs_eager": 3.0, "vs_sdpa": 1.5, "roofline_b16": 0.5}
 
 
@@ -73,9 +71,8 @@ def _env(device):
 class Timer:
     """Median milliseconds: CUDA events via triton.testing on a GPU, wall clock in a smoke run."""
 
-    def __init__(self, device, graphs: bool):
+    def __init__(self, device):
         self.device = device
-        self.graphs = graphs
 
     def __call__(self, fn, graph: bool = False, rep_ms: int = 200) -> float:
         import torch
@@ -274,7 +271,7 @@ def main(argv=None) -> int:
     if INTERPRET and device.type == "cuda":
         print("TRITON_INTERPRET=1 is set: unset it to time the compiled kernel.")
         return 2
-    timer = Timer(device, args.graphs)
+    timer = Timer(device)
     env = _env(device)
     print("## Window-attention kernels\n")
     print("Device: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n")
