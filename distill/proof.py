@@ -56,8 +56,9 @@ def train_stage(stage: str, out: Path, overrides: dict, description: str) -> Pat
     return final
 
 
-def evaluate(teacher_dir: Path, student_dir: Path, seeds: list[int], crop: int, per_image: int, degradation: str) -> dict:
+def evaluate(teacher_dir: Path, student_dir: Path, seeds: list[int], crop: int, per_image: int) -> dict:
     base = build_config("demo", "student")
+    degradation = base.data.degradation
     sources = [skimage_photo(name) for name in base.data.val_photos]
     hr, lr = validation_pairs(sources, crop, per_image, degradation)
     teacher, student = load_pipeline(teacher_dir), load_pipeline(student_dir)
@@ -76,7 +77,7 @@ def evaluate(teacher_dir: Path, student_dir: Path, seeds: list[int], crop: int, 
         rows[name]["seconds"] = (time.time() - started) / len(values)
         log.info("%-22s %s", name, "  ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
     return {"rows": rows, "crops": len(hr), "crop_hr": crop, "photos": base.data.val_photos, "seeds": seeds,
-            "degradation": degradation, "lpips": lpips.kind}
+            "degradation": degradation, "lpips": lpips.kind, "verdict": verdict(rows, teacher.schedule.steps)}
 
 
 def verdict(rows: dict, teacher_steps: int) -> dict:
@@ -134,10 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     student_dir = train_stage("student", out, student_overrides, STUDENT_DESCRIPTION)
     timings["student_min"] = (time.time() - started) / 60 - timings["teacher_min"]
 
-    degradation = build_config("demo", "student").data.degradation
-    report = evaluate(teacher_dir, student_dir, args.seeds, args.eval_crop, args.eval_crops_per_image, degradation)
-    teacher_steps = load_pipeline(teacher_dir).schedule.steps
-    report["verdict"] = verdict(report["rows"], teacher_steps)
+    report = evaluate(teacher_dir, student_dir, args.seeds, args.eval_crop, args.eval_crops_per_image)
     timings["evaluation_min"] = (time.time() - started) / 60 - timings["teacher_min"] - timings["student_min"]
     timings["total_min"] = (time.time() - started) / 60
     report["timings"] = timings
