@@ -15,7 +15,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch.nn.functional as F
 
@@ -27,18 +26,22 @@ from .stages import StageSpec
 
 def providers() -> list[str]:
     """CUDA EP where the installed ONNX Runtime has it, always the CPU EP."""
+    import onnxruntime as ort  # an extra ([cpu] or [gpu]): imported when a graph is run, not with this module
+
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 @lru_cache(maxsize=16)
-def _session(path: str, mtime: float) -> ort.InferenceSession:
+def _session(path: str, mtime: float) -> "ort.InferenceSession":
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     return ort.InferenceSession(path, options, providers=providers())
 
 
-def session(path: str | Path) -> ort.InferenceSession:
+def session(path: str | Path) -> "ort.InferenceSession":
     path = Path(path)
     return _session(str(path), path.stat().st_mtime)
 

@@ -31,7 +31,7 @@ import argparse
 import json
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rsd_deploy.atomic import atomic_path
@@ -417,6 +417,7 @@ def write_triton_repository(
     out_dir = Path(out_dir)
     suffix = ".plan" if backend == "tensorrt" else ".onnx"
     files = {}
+    plan = replace(plan, io_types={})  # this call's graphs decide the types; the caller's plan stays as it was
     for stage in STAGES:
         if stage not in model_files:
             raise RepositoryError(f"no {suffix} file given for the {stage} stage")
