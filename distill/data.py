@@ -13,13 +13,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from rsd_deploy import imageio
+
 from .degradations import RealESRGANConfig, bicubic_degrade, realesrgan_degrade
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-
 
 def _rgb(array: np.ndarray) -> np.ndarray:
     if array.dtype == bool:
@@ -46,9 +44,9 @@ def list_images(folders: list[str]) -> list[Path]:
         root = Path(folder)
         if not root.is_dir():
             raise ValueError(f"{root}: no such image folder")
-        paths += sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths += sorted(p for p in root.rglob("*") if p.suffix.lower() in imageio.IMAGE_SUFFIXES)
     if not paths:
-        raise ValueError(f"{', '.join(folders)}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+        raise ValueError(f"{', '.join(folders)}: no images ({', '.join(sorted(imageio.IMAGE_SUFFIXES))}) found")
     return paths
 
 
@@ -56,11 +54,8 @@ def read_image(source: Path | np.ndarray) -> np.ndarray:
     """HxWx3 uint8 from an image file (or an array, returned as is)."""
     if isinstance(source, np.ndarray):
         return source
-    try:
-        with Image.open(source) as image:
-            return _rgb(np.asarray(image.convert("RGB")))
-    except OSError as error:
-        raise ValueError(f"{source}: not a readable image ({error})") from None
+    rgb = imageio.read_image(source).rgb  # 16-bit and grey files too; ImageError is a ValueError
+    return (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
 
 
 class HRCrops(Dataset):
