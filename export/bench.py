@@ -45,7 +45,7 @@ from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
 from .parity import lpips_distance, psnr
-from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name
+from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs
 
 STAGES = ("encoder", "generator", "decoder")
 END_TO_END = "pipeline"
@@ -96,30 +96,20 @@ class CaseInputs:
         return {"_seed": self.seed, "_z_y": self.z_y}
 
 
-@torch.no_grad()
-def case_inputs(pipe: SRPipeline, batch: int, size: int, seed: int = 0) -> CaseInputs:
-    stages = describe_stages(pipe)
+def case_inputs(reference: SRPipeline, batch: int, size: int, seed: int = 0) -> CaseInputs:
+    """Photos, the pipeline's own block-seeded noise, and every stage's inputs computed by
+    ``reference`` (a float32 CPU copy of the benchmarked pipeline)."""
     lr = photo_batch(batch, size)
     field_ = NoiseField(seed)
-    channels = pipe.codec.latent_channels
 
     def noise(stream: int, depth: int) -> torch.Tensor:
         return torch.stack([field_.crop(i, stream, depth, 0, 0, size, size) for i in range(batch)])
 
-    eps = noise(PRIOR_STREAM, channels)
-    extra = {"noise_map": noise(NOISE_MAP_STREAM, pipe.unet.noise_channels)} if pipe.takes_noise_map else {}
-    lq = lr * 2 - 1
-    lq_up = torch.nn.functional.interpolate(lq, scale_factor=pipe.codec.scale, mode="bicubic")
-    ref = copy.deepcopy(pipe).float().cpu()
-    z_y = stages["encoder"].module(ref)(lq_up)
-    x_t = ref.schedule.prior_sample(z_y, eps)
-    x0 = stages["generator"].module(ref)(x_t, lq, *extra.values())
-    feeds = {
-        "encoder": {"lq_up": lq_up},
-        "generator": {"x_t": x_t, "lq": lq, **extra},
-        "decoder": {"z": x0},
-        "pipeline": {"lr": lr, "eps": eps, **extra},
-    }
+    eps = noise(PRIOR_STREAM, reference.codec.latent_channels)
+    noise_map = noise(NOISE_MAP_STREAM, reference.unet.noise_channels) if reference.takes_noise_map else None
+    feeds = stage_inputs(reference, lr, eps, noise_map)
+    with torch.no_grad():
+        z_y = reference.codec.encode(feeds["encoder"]["lq_up"])
     return CaseInputs(lr, seed, z_y, feeds)
 
 
@@ -512,7 +502,9 @@ def run_bench(
     report = {"environment": environment(device), "model": pipe.description, "grid": {"batch": batches, "lr_size": sizes},
               "timer": {"warmup": timer.warmup, "min_iters": timer.min_iters, "max_iters": timer.max_iters, "budget_s": timer.budget_s},
               "backends": {}, "results": [], "unavailable": []}
-    inputs = {(b, s): case_inputs(pipe, b, s, seed) for b in batches for s in sizes}
+    reference = copy.deepcopy(pipe).float().cpu()
+    inputs = {(b, s): case_inputs(reference, b, s, seed) for b in batches for s in sizes}
+    del reference
     references: dict[tuple[int, int], torch.Tensor] = {}
     lpips = LPIPSLoss("auto")
     report["quality_metrics"] = {"psnr": f"dB vs {REFERENCE} end-to-end output", "lpips": lpips.kind}

@@ -353,16 +353,21 @@ def stage_inputs_from_images(pipe: SRPipeline, lr: torch.Tensor, seed: int = 0) 
         raise ValueError(f"LR images must be multiples of {SIZE_MULTIPLE} pixels, got {tuple(lr.shape[-2:])}")
     generator = torch.Generator().manual_seed(seed)
     batch, _, height, width = lr.shape
+    eps = torch.randn(batch, pipe.codec.latent_channels, height, width, generator=generator)
+    noise_map = torch.randn(batch, pipe.unet.noise_channels, height, width, generator=generator) if pipe.takes_noise_map else None
+    return stage_inputs(pipe, lr, eps, noise_map)
+
+
+@torch.no_grad()
+def stage_inputs(pipe: SRPipeline, lr: torch.Tensor, eps: torch.Tensor, noise_map: torch.Tensor | None) -> dict[str, dict[str, torch.Tensor]]:
+    """Inputs of every stage when the PyTorch pipeline runs on ``lr`` with the given noise."""
     lr = lr.float()
     lq = lr * 2 - 1
     lq_up = F.interpolate(lq, scale_factor=pipe.codec.scale, mode="bicubic")
     z_y = pipe.codec.encode(lq_up)
-    eps = torch.randn(z_y.shape, generator=generator)
     x_t = pipe.schedule.prior_sample(z_y, eps)
-    extra = {}
-    if pipe.takes_noise_map:
-        extra["noise_map"] = torch.randn(batch, pipe.unet.noise_channels, height, width, generator=generator)
-    x0 = GeneratorStage(pipe)(x_t, lq, extra.get("noise_map"))
+    extra = {} if noise_map is None else {"noise_map": noise_map}
+    x0 = GeneratorStage(pipe)(x_t, lq, noise_map)
     return {
         "encoder": {"lq_up": lq_up},
         "generator": {"x_t": x_t, "lq": lq, **extra},
