@@ -76,14 +76,19 @@ def _spec_tensor(spec, data_type: str) -> Tensor:
     return Tensor(spec.name, data_type, (spec.channels, -1, -1))
 
 
-def onnx_io_types(path: Path, stage: StageSpec) -> dict[str, str]:
-    """Triton types of a stage graph's inputs and outputs, checked against the stage's names."""
+def _read_onnx(path: Path):
     import onnx
 
     try:
-        graph = onnx.load(str(path), load_external_data=False).graph
+        return onnx.load(str(path), load_external_data=False)
     except Exception as error:
         raise RepositoryError(f"{path}: not a readable ONNX file ({error})") from None
+
+
+def onnx_io_types(model, path: Path, stage: StageSpec) -> dict[str, str]:
+    """Triton types of a stage graph's (``model``, read from ``path``) inputs and outputs,
+    checked against the stage's names."""
+    graph = model.graph
     values = {v.name: v for v in [*graph.input, *graph.output]}
     expected = [*stage.input_names, *stage.output_names]
     missing = [n for n in expected if n not in values]
@@ -98,11 +103,11 @@ def onnx_io_types(path: Path, stage: StageSpec) -> dict[str, str]:
     return types
 
 
-def _external_data_files(path: Path) -> list[Path]:
-    """Files an ONNX graph keeps its weights in (``model.onnx.data``...), to copy beside it."""
+def _external_data_files(model, path: Path) -> list[Path]:
+    """Files an ONNX graph (``model``, read from ``path``) keeps its weights in
+    (``model.onnx.data``...), to copy beside it."""
     import onnx
 
-    model = onnx.load(str(path), load_external_data=False)
     locations = {
         entry.value
         for tensor in model.graph.initializer
@@ -416,7 +421,7 @@ def write_triton_repository(
         raise RepositoryError(f"device must be 'cpu' or 'gpu', got {device!r}")
     out_dir = Path(out_dir)
     suffix = ".plan" if backend == "tensorrt" else ".onnx"
-    files = {}
+    files, weight_files = {}, {}
     plan = replace(plan, io_types={})  # this call's graphs decide the types; the caller's plan stays as it was
     for stage in STAGES:
         if stage not in model_files:
@@ -426,7 +431,9 @@ def write_triton_repository(
             raise RepositoryError(f"{path}: expected an existing {suffix} file for the {stage} stage ({backend} backend)")
         files[stage] = path
         if suffix == ".onnx":
-            plan.io_types[stage] = onnx_io_types(path, plan.stages[stage])
+            model = _read_onnx(path)  # read once: a full-size generator graph is ~0.5 GB
+            plan.io_types[stage] = onnx_io_types(model, path, plan.stages[stage])
+            weight_files[stage] = _external_data_files(model, path)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise RepositoryError(f"{out_dir}: exists and is not empty (pass overwrite=True / --overwrite to replace it)")
@@ -440,7 +447,7 @@ def write_triton_repository(
         model_file = {"tensorrt": "model.plan", "onnxruntime": "model.onnx", "python": "model.onnx"}[backend]
         stage_files: dict[str, Path | str] = {model_file: files[stage]}
         if suffix == ".onnx":
-            stage_files.update({p.name: p for p in _external_data_files(files[stage])})
+            stage_files.update({p.name: p for p in weight_files[stage]})
         if backend == "python":
             stage_files["model.py"] = _PYTHON_MODEL.format(cls="OnnxRuntimeStage")
         _write_model(out_dir, config, stage_files)
