@@ -45,9 +45,8 @@ from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
 from .parity import lpips_distance, psnr
-from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs
+from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs
 
-STAGES = ("encoder", "generator", "decoder")
 END_TO_END = "pipeline"
 REFERENCE = "pytorch-fp32"  # the quality reference: official attention, fp32
 
@@ -214,7 +213,6 @@ class Backend:
     name: str
     summary: str
     prepare: Callable[["BenchContext"], Runner]  # raises Unavailable
-    stages: tuple[str, ...] = STAGE_NAMES  # timed separately; the last one (pipeline) is end to end
     default: bool = True  # in the default selection
     not_default_reason: str = ""
 
@@ -268,7 +266,7 @@ def _compiled(ctx: BenchContext) -> Runner:
     return _torch_runner(ctx, torch.float16 if ctx.device.type == "cuda" else torch.float32, "sdpa", ctx.device, compile_=True)
 
 
-def _onnx_files(ctx: BenchContext, precision: str = "fp32") -> dict[str, Path]:
+def _onnx_files(ctx: BenchContext) -> dict[str, Path]:
     """The exported graphs of every stage: ``--onnx-dir``, or exported now into the work dir
     (again when the graphs there were exported for a smaller shape range than the grid)."""
     from .onnx_export import read_metadata
@@ -276,10 +274,10 @@ def _onnx_files(ctx: BenchContext, precision: str = "fp32") -> dict[str, Path]:
     directory = ctx.onnx_dir
     if directory is None:
         directory = ctx.work_dir / "onnx"
-        files = [directory / onnx_file_name(s, precision) for s in STAGE_NAMES]
+        files = [directory / onnx_file_name(s, "fp32") for s in STAGE_NAMES]
         if not all(p.is_file() and _covers(read_metadata(p).get("shape_range", {}), ctx.shape_range) for p in files):
             export_onnx_stages(ctx.pipe, directory, ctx.shape_range)
-    files = {s: directory / onnx_file_name(s, precision) for s in STAGE_NAMES}
+    files = {s: directory / onnx_file_name(s, "fp32") for s in STAGE_NAMES}
     missing = [str(p) for p in files.values() if not p.is_file()]
     if missing:
         raise Unavailable(f"no exported graphs: {', '.join(missing)} (run rsd-export --stages all first or drop --onnx-dir)")
@@ -446,7 +444,7 @@ def run_case(runner: Runner, backend: Backend, inputs: CaseInputs, timer: Timer,
         free_before = torch.cuda.mem_get_info()[0]
     output = None
     with rss.track():
-        for stage in backend.stages:
+        for stage in STAGE_NAMES:  # timed separately; the last one (pipeline) is end to end
             timing, result = timer.measure(lambda: runner.run(stage, {**inputs.stage_feeds[stage], **extras}))
             timing["images_per_s"] = batch * 1000 / timing["p50_ms"]
             results["stages"][stage] = timing
@@ -591,7 +589,7 @@ def markdown(report: dict) -> str:
         gpu = mem.get("peak_gpu_allocated_mib", mem.get("gpu_in_use_mib"))
         lines.append(
             f"| {r['backend']} | {r['batch']} | {r['lr_size']} | {_fmt(e2e['p50_ms'])} / {_fmt(e2e['p90_ms'])} / {_fmt(e2e['p99_ms'])} | "
-            f"{_fmt(e2e['images_per_s'], 2)} | " + " | ".join(_fmt(st[s]["p50_ms"]) if s in st else "-" for s in STAGES)
+            f"{_fmt(e2e['images_per_s'], 2)} | " + " | ".join(_fmt(st[s]["p50_ms"]) if s in st else "-" for s in CHAINED_STAGES)
             + f" | {_fmt(gpu)} | {_fmt(mem['peak_rss_mib'], 0)} | {_fmt(q['psnr_db'])} | {_fmt(q['lpips'], 3)} | "
             f"{_fmt(r['speedup_vs_upstream_rsd'], 2)} | {_fmt(r['speedup_vs_upstream_resshift'], 2)} |"
         )
@@ -626,7 +624,7 @@ def plot(report: dict, path: Path) -> None:
                     continue
                 x = group * (len(names) + 1) + index
                 bottom = 0.0
-                for stage in STAGES:
+                for stage in CHAINED_STAGES:
                     height = row["stages"][stage]["p50_ms"] if stage in row["stages"] else 0.0
                     ax.bar(x, height, 0.8, bottom=bottom, color=colors[stage], label=stage if (x, size) == (0, sizes[0]) else None)
                     bottom += height

@@ -29,11 +29,10 @@ from .onnx_export import ATTENTION_MODES, EXPORTERS, ExportError, export_stage, 
 from .parity import lpips_distance, providers, psnr, stage_parity, upscale_onnx
 from .precision import CALIBRATION_METHODS, PRECISIONS, convert_fp16, quantize_int8
 from .report import write_report
-from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs_from_images
+from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs_from_images
 
 FP32_PARITY_TARGET = 1e-4
-CHAINED = ("encoder", "generator", "decoder")
-DEFAULT_STAGES = CHAINED
+DEFAULT_STAGES = CHAINED_STAGES
 
 
 def _triple(text: str, what: str) -> tuple[int, int, int]:
@@ -240,8 +239,8 @@ def _quality(pipe, stages, graphs: dict[str, Path], held_out: calib.CalibrationS
     lpips_fp32_to_hr = lpips_distance(lpips, reference, held_out.hr)
     rows, notes = [], []
     candidates = []
-    if all(name in graphs for name in CHAINED):
-        candidates.append(("encoder+generator+decoder", {n: graphs[n] for n in CHAINED}))
+    if all(name in graphs for name in CHAINED_STAGES):
+        candidates.append(("encoder+generator+decoder", {n: graphs[n] for n in CHAINED_STAGES}))
     if "pipeline" in graphs:
         candidates.append(("pipeline (fused)", {"pipeline": graphs["pipeline"]}))
     if not candidates:

@@ -92,7 +92,6 @@ def export_stage(
     path: str | Path,
     shapes: ShapeRange | None = None,
     exporter: str = "torchscript",
-    simplify: bool = True,
     attention: str = "reference",
 ) -> Path:
     """Export ``stage`` of ``pipe`` to ``path`` (fp32), checked with ``onnx.checker``.
@@ -134,8 +133,7 @@ def export_stage(
         except Exception as error:
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ExportError(f"{stage.name}: ONNX export ({exporter}) failed: {message}") from error
-        if simplify:
-            model = _simplify(model)
+        model = _simplify(model)
         _name_dims(model, stage)
         set_metadata(model, stage=stage.name, precision="fp32", shape_range=shapes.to_json(), source=pipe.description, exporter=exporter, attention=attention)
         onnx.save(model, str(tmp))

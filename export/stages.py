@@ -54,7 +54,8 @@ import torch.nn.functional as F
 from rsd_deploy.pipeline import SIZE_MULTIPLE, SRPipeline
 from rsd_deploy.sampling import predict_x0
 
-STAGE_NAMES = ("encoder", "generator", "decoder", "pipeline")
+CHAINED_STAGES = ("encoder", "generator", "decoder")  # run one after another, they make the pipeline
+STAGE_NAMES = (*CHAINED_STAGES, "pipeline")
 Shape = tuple[int, ...]
 
 

@@ -37,10 +37,9 @@ from pathlib import Path
 from rsd_deploy.atomic import atomic_path
 from rsd_deploy.pipeline import SRPipeline
 
-from .stages import ShapeRange, StageSpec, describe_stages, onnx_file_name
+from .stages import CHAINED_STAGES, ShapeRange, StageSpec, describe_stages, onnx_file_name
 
 STAGE_BACKENDS = ("tensorrt", "onnxruntime", "python")
-STAGES = ("encoder", "generator", "decoder")
 MANIFEST = "rsd_repository.json"  # marks a directory this module wrote (safe to overwrite)
 VERSION = "1"
 
@@ -423,7 +422,7 @@ def write_triton_repository(
     suffix = ".plan" if backend == "tensorrt" else ".onnx"
     files, weight_files = {}, {}
     plan = replace(plan, io_types={})  # this call's graphs decide the types; the caller's plan stays as it was
-    for stage in STAGES:
+    for stage in CHAINED_STAGES:
         if stage not in model_files:
             raise RepositoryError(f"no {suffix} file given for the {stage} stage")
         path = Path(model_files[stage])
@@ -442,7 +441,7 @@ def write_triton_repository(
         shutil.rmtree(out_dir)
 
     configs = {}
-    for stage in STAGES:
+    for stage in CHAINED_STAGES:
         config = stage_config(plan, stage, backend, device, instances, queue_delay_us)
         model_file = {"tensorrt": "model.plan", "onnxruntime": "model.onnx", "python": "model.onnx"}[backend]
         stage_files: dict[str, Path | str] = {model_file: files[stage]}
@@ -490,9 +489,9 @@ def repository_from_export(
     """What ``rsd-export --triton-repo`` writes: TensorRT plans when every stage has an engine,
     else the ONNX graphs for ONNX Runtime. Returns (configs, the stage backend used)."""
     engines = engines or {}
-    backend = "tensorrt" if all(stage in engines for stage in STAGES) else "onnxruntime"
+    backend = "tensorrt" if all(stage in engines for stage in CHAINED_STAGES) else "onnxruntime"
     chosen = engines if backend == "tensorrt" else graphs
-    files = {stage: chosen[stage] for stage in STAGES if stage in chosen}  # a missing one is reported by the writer
+    files = {stage: chosen[stage] for stage in CHAINED_STAGES if stage in chosen}  # a missing one is reported by the writer
     plan = RepositoryPlan.from_pipeline(pipe, shape_range)
     return write_triton_repository(out_dir, plan, files, backend, "gpu" if backend == "tensorrt" else device, overwrite=overwrite), backend
 
@@ -608,11 +607,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.backend == "tensorrt":
             if not args.engine_dir:
                 raise RepositoryError("--backend tensorrt needs --engine-dir with <stage>.<precision>.plan engines")
-            files = {s: args.engine_dir / f"{s}.{args.precision}.plan" for s in STAGES}
+            files = {s: args.engine_dir / f"{s}.{args.precision}.plan" for s in CHAINED_STAGES}
         else:
             if not args.onnx_dir:
                 raise RepositoryError(f"--backend {args.backend} needs --onnx-dir")
-            files = {s: args.onnx_dir / onnx_file_name(s, args.precision) for s in STAGES}
+            files = {s: args.onnx_dir / onnx_file_name(s, args.precision) for s in CHAINED_STAGES}
         plan = RepositoryPlan.from_pipeline(pipe, _shape_range(args, args.onnx_dir / onnx_file_name("encoder", args.precision) if args.onnx_dir else None))
         configs = write_triton_repository(args.out, plan, files, args.backend, args.device, args.instances, overwrite=args.overwrite)
     except (RepositoryError, CheckpointError, ValueError) as error:
