@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image
+
+from rsd_deploy import imageio
+from rsd_deploy.distill.data import skimage_photo
+from rsd_deploy.distill.degradations import bicubic_degrade
 
 SCALE = 4
 HR_DIRS = ("DIV2K_train_HR", "DIV2K_valid_HR")
@@ -45,18 +47,12 @@ class CalibrationSet:
         return {"source": self.source, "count": len(self.names), "lr_size": list(self.lr.shape[-2:]), "crops": self.names}
 
 
-def _to_tensor(image: np.ndarray | Image.Image) -> torch.Tensor:
-    array = np.asarray(image)
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    array = array[..., :3]
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
-    return torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1)
+def _read(path: Path) -> torch.Tensor:
+    return imageio.read_image(path).rgb  # (3, H, W) in [0, 1]; grey, 16-bit and bad files handled there
 
 
-def bicubic_down(hr: torch.Tensor, scale: int = SCALE) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 3, H/scale, W/scale): antialiased bicubic, clamped to [0, 1]."""
-    return F.interpolate(hr, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+def _photo(name: str) -> torch.Tensor:
+    return torch.from_numpy(skimage_photo(name)).permute(2, 0, 1).float() / 255
 
 
 def _crop_boxes(height: int, width: int, crop: int, per_image: int, rng: np.random.Generator | None) -> list[tuple[int, int]]:
@@ -93,22 +89,19 @@ def load_div2k(root: str | Path, count: int = 32, crop: int = 256, seed: int = 0
     for path in files:
         if len(names) >= count:
             break
-        try:
-            hr = _to_tensor(Image.open(path).convert("RGB"))
-        except OSError as error:
-            raise ValueError(f"{path}: not a readable image ({error})") from None
+        hr = _read(path)
         height, width = hr.shape[-2:]
         if height < crop or width < crop:
             continue
         lr_path = _official_lr(path)
-        lr_full = _to_tensor(Image.open(lr_path).convert("RGB")) if lr_path else None
+        lr_full = _read(lr_path) if lr_path else None
         for top, left in _crop_boxes(height, width, crop, per_image, rng)[: count - len(names)]:
             hr_crop = hr[:, top : top + crop, left : left + crop]
             if lr_full is not None:
                 t, l, c = top // SCALE, left // SCALE, crop // SCALE
                 lr_crop = lr_full[:, t : t + c, l : l + c]
             else:
-                lr_crop = bicubic_down(hr_crop[None])[0]
+                lr_crop = bicubic_degrade(hr_crop[None])[0]
             hr_crops.append(hr_crop)
             lr_crops.append(lr_crop)
             names.append(f"{path.name}@{top},{left}")
@@ -123,12 +116,10 @@ def load_div2k(root: str | Path, count: int = 32, crop: int = 256, seed: int = 0
 
 def bundled_photos(count: int = 8, crop: int = 256, seed: int = 0) -> CalibrationSet:
     """``count`` random crops from scikit-image's bundled photographs (real photos, no download)."""
-    from skimage import data
-
     if crop <= 0 or crop % (SCALE * 64):
         raise ValueError(f"crop must be a positive multiple of {SCALE * 64} HR pixels, got {crop}")
     rng = np.random.default_rng(seed)
-    photos = [(name, _to_tensor(getattr(data, name)())) for name in BUNDLED_PHOTOS]
+    photos = [(name, _photo(name)) for name in BUNDLED_PHOTOS]
     photos = [(name, image) for name, image in photos if min(image.shape[-2:]) >= crop]
     hr_crops, names = [], []
     for index in range(count):
@@ -137,7 +128,7 @@ def bundled_photos(count: int = 8, crop: int = 256, seed: int = 0) -> Calibratio
         hr_crops.append(image[:, top : top + crop, left : left + crop])
         names.append(f"skimage.data.{name}()@{top},{left}")
     hr = torch.stack(hr_crops)
-    return CalibrationSet(bicubic_down(hr), hr, f"scikit-image bundled photos ({crop}px random crops, seed {seed}, LR by bicubic x4)", names)
+    return CalibrationSet(bicubic_degrade(hr), hr, f"scikit-image bundled photos ({crop}px random crops, seed {seed}, LR by bicubic x4)", names)
 
 
 def load_calibration(root: str | Path | None, count: int, crop: int = 256, seed: int = 0) -> CalibrationSet:

@@ -3,7 +3,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rsd_deploy.export.calibration import bicubic_down, load_calibration, load_div2k
+from rsd_deploy.distill.degradations import bicubic_degrade
+from rsd_deploy.export.calibration import load_calibration, load_div2k
 
 
 def _write_div2k(root, count=3, size=(520, 600), official_lr=False):
@@ -28,7 +29,7 @@ def test_random_crops_are_seeded_and_paired(tmp_path):
     assert first.lr.shape == (5, 3, 64, 64) and first.hr.shape == (5, 3, 256, 256)
     assert first.names == again.names and torch.equal(first.hr, again.hr)
     assert first.names != other.names
-    torch.testing.assert_close(first.lr, bicubic_down(first.hr))
+    torch.testing.assert_close(first.lr, bicubic_degrade(first.hr))
     assert "DIV2K folder" in first.source and "bicubic x4" in first.source
     assert all(int(n.split("@")[1].split(",")[0]) % 4 == 0 for n in first.names)
 
