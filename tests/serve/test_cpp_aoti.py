@@ -16,11 +16,6 @@ from PIL import Image
 
 from rsd_deploy.export.aoti import package_pipeline, read_png, reference_upscale
 from rsd_deploy.export.stages import describe_stages
-from rsd_deploy.models.autoencoder import PixelUnshuffleCodec
-from rsd_deploy.models.unet import UNetModelSwin
-from rsd_deploy.pipeline import SRPipeline
-from rsd_deploy.presets import TINY_UNET
-from rsd_deploy.schedule import TEACHER_15
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "cpp"
 TOOLCHAIN = [tool for tool in ("cmake", "g++", "make") if shutil.which(tool) is None]
@@ -35,21 +30,8 @@ SEED = 5
 
 
 @pytest.fixture(scope="module")
-def small_pipe() -> SRPipeline:
-    """An RSD student small enough to AOT-compile in CI: one UNet level with a Swin layer
-    (shifted windows, mask, noise-map channel) and the parameter-free pixel-unshuffle codec.
-    Compiling the tiny VQ preset takes about twice as long; the C++ path is the same."""
-    torch.manual_seed(0)
-    config = {**TINY_UNET, "in_channels": 48, "out_channels": 48, "channel_mult": [1], "num_res_blocks": [1],
-              "attention_resolutions": [64], "noise_channels": 1}
-    unet = UNetModelSwin(**config).eval()
-    unet.config = config
-    return SRPipeline(unet, PixelUnshuffleCodec().eval(), TEACHER_15, "small test student")
-
-
-@pytest.fixture(scope="module")
-def package(tmp_path_factory, small_pipe) -> Path:
-    return package_pipeline(small_pipe, tmp_path_factory.mktemp("aoti") / "small.pt2", 64, 64, log=lambda line: print(line))
+def package(tmp_path_factory, micro_pixel_unshuffle) -> Path:
+    return package_pipeline(micro_pixel_unshuffle, tmp_path_factory.mktemp("aoti") / "small.pt2", 64, 64, log=lambda line: print(line))
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +61,7 @@ def run(runner: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(runner), *args], capture_output=True, text=True, timeout=300)
 
 
-def test_cpp_output_equals_python(runner, package, lr_png, small_pipe, tmp_path):
+def test_cpp_output_equals_python(runner, package, lr_png, micro_pixel_unshuffle, tmp_path):
     out_png = tmp_path / "hr.png"
     result = run(runner, str(package), str(lr_png), str(out_png), "--seed", str(SEED), "--iters", "2")
     assert result.returncode == 0, result.stderr
@@ -89,9 +71,9 @@ def test_cpp_output_equals_python(runner, package, lr_png, small_pipe, tmp_path)
     lr = read_png(lr_png)
     # the same package run from Python: the same kernels, so the same bits
     loaded = torch._inductor.aoti_load_package(str(package))
-    assert np.array_equal(cpp, reference_upscale(loaded, small_pipe, lr, SEED))
+    assert np.array_equal(cpp, reference_upscale(loaded, micro_pixel_unshuffle, lr, SEED))
     # and the eager PyTorch pipeline: float reordering at most, i.e. one 8-bit step here and there
-    eager = reference_upscale(describe_stages(small_pipe)["pipeline"].module(small_pipe), small_pipe, lr, SEED)
+    eager = reference_upscale(describe_stages(micro_pixel_unshuffle)["pipeline"].module(micro_pixel_unshuffle), micro_pixel_unshuffle, lr, SEED)
     difference = np.abs(cpp.astype(np.int16) - eager.astype(np.int16))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
     # another seed, another image: the noise really comes from the seed
