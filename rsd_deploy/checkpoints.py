@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -22,13 +24,16 @@ from .models.autoencoder import VQ_F4_CONFIG, VQAutoencoder, build_codec, conver
 from .models.unet import UNetModelSwin
 from .pipeline import SRPipeline
 from .presets import PRESETS, REALSR_X4_UNET
-from .schedule import TEACHER_15, ResShiftSchedule
+from .schedule import TEACHER_4, TEACHER_15, ResShiftSchedule
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
 DEMO_NAME = "demo-rsd"  # a small RSD student trained by distill/proof.py, see docs/distill.md
 
 _WRAPPER_KEYS = ("state_dict", "model", "ema", "ema_model", "params_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.")
+# An RSD training checkpoint (trainer.py save_ckpt, model_N.pth): {"state_dict": {"student": ..., "fake": ...}, ...}
+TRAINING_PARTS = ("student", "fake")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class CheckpointError(ValueError):
@@ -38,31 +43,62 @@ class CheckpointError(ValueError):
 # --- reading ---------------------------------------------------------------------------------
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a checkpoint file, unwrapped (``{"state_dict": ...}``, EMA wrappers) and with
-    ``module.`` / ``_orig_mod.`` prefixes stripped."""
-    path = Path(path)
+def _why_unreadable(path: Path, error: Exception) -> CheckpointError:
+    """One line, without torch's multi-line advice (never: re-run with weights_only=False) or ANSI codes."""
+    text = _ANSI.sub("", str(error)).strip()
+    if "Weights only load failed" in text:
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
+        detail = found.group(1).strip() if found else "not a plain tensor pickle"
+        if "Unsupported global" in detail:
+            detail = re.sub(r" was not an allowed global.*", "", detail)
+            return CheckpointError(f"{path}: refused: it pickles Python objects, not only tensors ({detail}); "
+                                   "checkpoints are read as tensors only")
+        return CheckpointError(f"{path}: not a readable checkpoint (not a torch or safetensors file: {detail})")
+    first = re.split(r"(?<=\.)\s|\n", text, maxsplit=1)[0].rstrip(".") if text else type(error).__name__
+    return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt? {first})")
+
+
+def _load_file(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr, over several lines
+            warnings.simplefilter("ignore")
+            if path.suffix == ".safetensors":
+                return load_file(str(path))
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt, truncated, pickled code objects...
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"{path}: not a readable checkpoint ({first_line})") from None
+        raise _why_unreadable(path, error) from None
+
+
+def _unwrap(state):
     while isinstance(state, dict):
         wrapped = [k for k in _WRAPPER_KEYS if isinstance(state.get(k), dict)]
         if not wrapped or any(isinstance(v, torch.Tensor) for v in state.values()):
             break
         state = state[wrapped[0]]
+    return state
+
+
+def _training_parts(state) -> dict | None:
+    """The {"student", "fake"} dicts of an RSD training checkpoint, else None."""
+    state = _unwrap(state)
+    if isinstance(state, dict) and all(isinstance(state.get(k), dict) for k in TRAINING_PARTS):
+        return {k: state[k] for k in TRAINING_PARTS}
+    return None
+
+
+def _tensors(state, path: Path) -> dict[str, torch.Tensor]:
+    """Tensors only, ``module.`` / ``_orig_mod.`` prefixes stripped; NaN/Inf refused (it would
+    give black images with exit status 0)."""
     if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     cleaned = {}
     for key, value in state.items():
         if not isinstance(value, torch.Tensor):
             continue
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{path}: tensor {key} holds NaN or Inf values; refusing to load it")
         for prefix in _PREFIXES:
             while key.startswith(prefix):
                 key = key[len(prefix):]
@@ -70,16 +106,95 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return cleaned
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file, unwrapped (``{"state_dict": ...}``, EMA wrappers; the student
+    of an RSD training checkpoint) and with ``module.`` / ``_orig_mod.`` prefixes stripped."""
+    path = Path(path)
+    state = _load_file(path)
+    parts = _training_parts(state)
+    return _tensors(parts["student"] if parts else _unwrap(state), path)
+
+
+def read_training_checkpoint(path: str | Path) -> dict:
+    """An RSD training checkpoint (``model_N.pth``): ``{"student": tensors, "fake": tensors,
+    "step": iters_start}``. The fake model is the official GAN wrapper around a UNet; its layout
+    is not public, so it comes back as saved (see :func:`split_unet`)."""
+    path = Path(path)
+    state = _load_file(path)
+    parts = _training_parts(state)
+    if parts is None:
+        raise CheckpointError(f"{path}: not an RSD training checkpoint (expected state_dict with 'student' and 'fake')")
+    step = state.get("iters_start", 0) if isinstance(state, dict) else 0
+    return {**{k: _tensors(v, path) for k, v in parts.items()}, "step": int(step) if isinstance(step, int) else 0}
+
+
+def split_unet(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the UNetModelSwin inside a wrapper's state dict, everything else): the UNet is found by
+    the prefix of its first conv, ``<prefix>input_blocks.0.0.weight``."""
+    first = [k for k in state if k.endswith("input_blocks.0.0.weight")]
+    if len(first) != 1:
+        raise KeyError("input_blocks.0.0.weight")
+    prefix = first[0][: -len("input_blocks.0.0.weight")]
+    unet = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return unet, {k: v for k, v in state.items() if not k.startswith(prefix)}
+
+
 def _read_config(path: Path) -> dict | None:
     sidecar = path.with_suffix(".json")
     return json.loads(sidecar.read_text()) if sidecar.is_file() else None
 
 
-def _official_yaml_unet_params(path: Path) -> dict:
-    """``model.params`` of an official ResShift YAML (interpolations like ``${...}`` dropped)."""
-    data = yaml.safe_load(path.read_text())
-    params = dict(data.get("model", {}).get("params", data))
-    return {k: v for k, v in params.items() if not (isinstance(v, str) and v.startswith("${"))}
+def _resolve(value, data: dict):
+    """``${a.b.c}`` interpolations of an official (OmegaConf) YAML, looked up in the same file."""
+    match = re.fullmatch(r"\$\{([\w.]+)\}", value) if isinstance(value, str) else None
+    if not match:
+        return value
+    for part in match.group(1).split("."):
+        if not isinstance(data, dict) or part not in data:
+            return value
+        data = data[part]
+    return data
+
+
+def read_official_yaml(path: str | Path) -> tuple[dict, ResShiftSchedule | None, int | None]:
+    """(UNet params, schedule, noise channels) of an official ResShift / SinSR / RSD YAML.
+
+    The UNet params come in our convention (``in_channels`` = latent channels): SinSR's and RSD's
+    UNetModelSwin has no ``lq_size`` and counts the concatenated LR image in ``in_channels``
+    (their YAMLs say 6), ResShift's adds it itself (its YAMLs say 3). The schedule is the
+    ``diffusion`` section's (15 steps in v1/v2, SinSR, RSD; 4 in the v3 journal config)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected an official ResShift/SinSR/RSD YAML (a mapping with model.params)")
+    model = data.get("model") if isinstance(data.get("model"), dict) else {}
+    params = model.get("params", data)
+    if not isinstance(params, dict):
+        raise CheckpointError(f"{path}: model.params is not a mapping")
+    params = {k: _resolve(v, data) for k, v in params.items()}
+    params = {k: v for k, v in params.items() if not (isinstance(v, str) and v.startswith("${"))}
+    if params.get("cond_lq", True) and "lq_size" not in params and "in_channels" in params:
+        params["in_channels"] -= 3  # SinSR / RSD convention: the LR image is counted in in_channels
+        params["lq_size"] = params.get("image_size", 64)
+    noise = model.get("noise_channels", 1) if model.get("add_noise") else None
+    diffusion = data.get("diffusion", {}).get("params") if isinstance(data.get("diffusion"), dict) else None
+    schedule = None
+    if isinstance(diffusion, dict):
+        if diffusion.get("schedule_name", "exponential") != "exponential":
+            raise CheckpointError(f"{path}: diffusion.params.schedule_name {diffusion['schedule_name']!r} is not supported (only 'exponential')")
+        try:
+            schedule = ResShiftSchedule(
+                steps=int(diffusion.get("steps", 15)), min_noise=float(diffusion.get("min_noise_level", 0.04)),
+                kappa=float(diffusion.get("kappa", 2.0)), power=float((diffusion.get("schedule_kwargs") or {}).get("power", 0.3)),
+                etas_end=float(diffusion.get("etas_end", 0.99)))
+        except (TypeError, ValueError) as error:
+            raise CheckpointError(f"{path}: diffusion.params is not a ResShift schedule ({error})") from None
+    return params, schedule, noise
 
 
 def infer_unet_config(state: dict[str, torch.Tensor]) -> dict:
@@ -157,14 +272,16 @@ def _load_strict(module: nn.Module, state: dict, path: Path, what: str) -> None:
 def load_unet(path: str | Path, config: dict | str | Path | None = None) -> UNetModelSwin:
     """A UNetModelSwin with the checkpoint's weights, loaded strictly.
 
-    ``config``: a dict of official keys, an official YAML file, or None to use the JSON beside
-    our safetensors files or, for official files, to infer it from the weights (6 vs 7 input
-    channels tells a SinSR/ResShift model from an RSD student).
+    ``config``: a dict of UNet keys (our convention), an official YAML file, or None to use the
+    JSON beside our safetensors files or, for official files, to infer it from the weights (6 vs
+    7 input channels tells a SinSR/ResShift model from an RSD student).
     """
     path = Path(path)
     state = read_state_dict(path)
+    source, noise = "the given config", None
     if isinstance(config, (str, Path)):
-        config = _official_yaml_unet_params(Path(config))
+        source = Path(config).name
+        config, _, noise = read_official_yaml(config)
     if config is None:
         saved = _read_config(path) if path.suffix == ".safetensors" else None
         config = saved["config"] if saved else None
@@ -174,7 +291,14 @@ def load_unet(path: str | Path, config: dict | str | Path | None = None) -> UNet
         except (KeyError, ValueError, ZeroDivisionError) as error:
             raise CheckpointError(f"{path}: not a ResShift UNetModelSwin checkpoint (no {error})") from None
     elif "noise_channels" not in config and "input_blocks.0.0.weight" in state:
-        config = {**config, "noise_channels": state["input_blocks.0.0.weight"].shape[1] - config.get("in_channels", 3) - 3}
+        # the RSD student's noise map: the first conv's inputs beyond latent + LR image
+        first_in = state["input_blocks.0.0.weight"].shape[1]
+        latent = config.get("in_channels", 3)
+        channels = first_in - latent - 3
+        if channels < 0 or (noise is not None and channels != noise):
+            expected = f"{latent} latent + 3 LR image" + (f" + {noise} noise" if noise is not None else "") + " channels"
+            raise CheckpointError(f"{path}: its first conv takes {first_in} input channels, but {source} describes {expected}")
+        config = {**config, "noise_channels": channels}
     model = UNetModelSwin(**config)
     _load_strict(model, state, path, "UNetModelSwin layout")
     model.config = dict(config)
@@ -245,14 +369,33 @@ def save_pipeline(pipe: SRPipeline, directory: str | Path) -> None:
     save_module(codec_state, directory / "codec", "codec", pipe.codec.config)
 
 
+OFFICIAL_SCHEDULES = {15: TEACHER_15, 4: TEACHER_4}  # v1/v2, SinSR, RSD: 15 steps; ResShift v3 (journal): 4
+
+
+def _official_schedule(unet_path: Path, steps: int | None) -> ResShiftSchedule:
+    """The schedule of an official checkpoint that does not say which it has: the weights of the
+    15-step and 4-step models look alike, so the steps the caller will run decide (4: ResShift v3)."""
+    if steps in (None, 1):
+        return TEACHER_15
+    if steps not in OFFICIAL_SCHEDULES:
+        raise CheckpointError(f"{unet_path}: --steps {steps}: the official schedules have 15 steps (ResShift v1/v2, SinSR, "
+                              "RSD) or 4 (ResShift v3); run 1 (one step), 15 or 4, or give the model's YAML with --config")
+    return OFFICIAL_SCHEDULES[steps]
+
+
 def load_pipeline(
     unet_path: str | Path,
     codec_path: str | Path | None = None,
     schedule: ResShiftSchedule | None = None,
     unet_config: dict | str | Path | None = None,
+    steps: int | None = None,
 ) -> SRPipeline:
     """A pipeline from a UNet checkpoint (file, or a directory written by :func:`save_pipeline`)
-    and a codec checkpoint (defaults to the directory's ``codec.safetensors``)."""
+    and a codec checkpoint (defaults to the directory's ``codec.safetensors``).
+
+    The schedule, unless given: our JSON's; else the official YAML's (``unet_config``, e.g.
+    ``realsr_swinunet_realesrgan256_journal.yaml`` has 4 steps); else the official one with
+    ``steps`` steps (4: ResShift v3; 1, 15 or None: the 15-step schedule)."""
     unet_path = Path(unet_path)
     if unet_path.is_dir():
         codec_path = codec_path or unet_path / "codec.safetensors"
@@ -261,10 +404,18 @@ def load_pipeline(
         raise CheckpointError(f"{unet_path}: a VQ autoencoder checkpoint is needed too (e.g. autoencoder_vq_f4.pth)")
     unet = load_unet(unet_path, unet_config)
     saved = _read_config(unet_path) if unet_path.suffix == ".safetensors" else None
+    if schedule is None and saved and "schedule" in saved:
+        schedule = ResShiftSchedule(**saved["schedule"])
+    if schedule is None and isinstance(unet_config, (str, Path)):
+        schedule = read_official_yaml(unet_config)[1]
     if schedule is None:
-        schedule = ResShiftSchedule(**saved["schedule"]) if saved and "schedule" in saved else TEACHER_15
+        schedule = _official_schedule(unet_path, steps)
+    codec = load_codec(codec_path)
+    if unet.in_channels != codec.latent_channels or unet.out_channels != codec.latent_channels:
+        raise CheckpointError(f"{unet_path}: the UNet works on {unet.out_channels}-channel latents but the codec "
+                              f"{Path(codec_path)} makes {codec.latent_channels}-channel latents; they are not one model")
     description = (saved or {}).get("description") or f"{unet_path.name} + {Path(codec_path).name}"
-    return SRPipeline(unet, load_codec(codec_path), schedule, description)
+    return SRPipeline(unet, codec, schedule, description)
 
 
 def build_pipeline(preset: str, seed: int = 0) -> SRPipeline:

@@ -98,12 +98,17 @@ class SRPipeline(nn.Module):
         return self.codec.encode(F.interpolate(lq, scale_factor=self.codec.scale, mode="bicubic"))
 
     def generate(self, z_y: torch.Tensor, lq: torch.Tensor, noise: NoiseSource, steps: int = 1) -> torch.Tensor:
-        """Latent x0 from z_y: one step at t = T-1, or the teacher's full T-step chain."""
+        """Latent x0 from z_y: one step at t = T-1, or the teacher's full T-step chain. Any other
+        count would run timesteps the network was never trained at: refused."""
+        total = self.schedule.steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps not in (1, total):
+            hint = " (a 4-step ResShift v3 checkpoint needs its 4-step schedule: realsr_swinunet_realesrgan256_journal.yaml)" \
+                if steps == 4 and total == 15 else ""
+            raise ValueError(f"steps: this model's schedule has {total} steps, so run 1 (one step at t = {total - 1}) "
+                             f"or {total}, got {steps!r}{hint}")
         noise_map = noise(NOISE_MAP_STREAM, self.unet.noise_channels) if self.takes_noise_map else None
         if steps == 1:
             return sample_one_step(self.unet, self.schedule, z_y, lq, noise(PRIOR_STREAM), noise_map)
-        if steps != self.schedule.steps:
-            raise ValueError(f"steps must be 1 or the schedule's {self.schedule.steps}, got {steps}")
         return sample_multi_step(self.unet, self.schedule, z_y, lq, noise, noise_map)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

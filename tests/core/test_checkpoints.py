@@ -13,11 +13,15 @@ from rsd_deploy.checkpoints import (
     load_pipeline,
     load_unet,
     read_state_dict,
+    read_training_checkpoint,
     save_module,
     save_pipeline,
+    split_unet,
 )
-from rsd_deploy.models.autoencoder import VQ_F4_CONFIG, VQAutoencoder, convert_ldm_vq_state_dict
+from rsd_deploy.models.autoencoder import VQ_F4_CONFIG, PixelUnshuffleCodec, VQAutoencoder, convert_ldm_vq_state_dict
+from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.presets import TINY_VQ
+from rsd_deploy.schedule import TEACHER_4, TEACHER_15
 
 
 def ldm_vq_shapes(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, z=3, embed=3, n_embed=8192):
@@ -146,12 +150,51 @@ class NotATensor:
     pass
 
 
-def test_pickled_code_is_refused(tmp_path):
-    path = tmp_path / "evil.pth"
-    with open(path, "wb") as f:
-        pickle.dump({"weight": NotATensor()}, f)
-    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+def _refusal(path) -> str:
+    with pytest.raises(CheckpointError) as error:
         read_state_dict(path)
+    message = str(error.value)
+    assert "\n" not in message and "\x1b" not in message and str(path) in message
+    assert "weights_only" not in message and "likely succeed" not in message  # never torch's advice to unpickle
+    return message
+
+
+def test_pickled_code_is_refused_without_torchs_advice(tmp_path):
+    raw = tmp_path / "evil.pth"
+    with open(raw, "wb") as f:
+        pickle.dump({"weight": NotATensor()}, f)
+    assert "not a readable checkpoint" in _refusal(raw)
+    saved = tmp_path / "evil2.pth"
+    torch.save({"weight": NotATensor()}, saved)
+    assert "refused: it pickles Python objects" in _refusal(saved) and "NotATensor" in _refusal(saved)
+
+
+def test_truncated_checkpoint_is_one_line(tmp_path, tiny_teacher):
+    path = tmp_path / "model.pth"
+    torch.save(tiny_teacher.unet.state_dict(), path)
+    path.write_bytes(path.read_bytes()[:5000])
+    assert "truncated or corrupt" in _refusal(path)
+
+
+def test_nan_weights_are_refused_naming_the_tensor(tmp_path, tiny_teacher):
+    state = dict(tiny_teacher.unet.state_dict())
+    state["out.2.bias"] = state["out.2.bias"].clone()
+    state["out.2.bias"][0] = float("nan")
+    state["time_embed.0.bias"] = torch.full_like(state["time_embed.0.bias"], float("inf"))
+    path = tmp_path / "nan.pth"
+    torch.save(state, path)
+    message = _refusal(path)
+    assert "tensor time_embed.0.bias holds NaN or Inf" in message  # the first bad one, in file order
+
+
+def test_unet_and_codec_latents_must_match(tmp_path, tiny_teacher):
+    """A 3-channel (VQ) UNet with the 48-channel pixel-unshuffle codec is two halves of different models."""
+    save_module(tiny_teacher.unet, tmp_path / "unet.safetensors", "unet", tiny_teacher.unet.config)
+    save_module(PixelUnshuffleCodec(), tmp_path / "codec.safetensors", "codec", PixelUnshuffleCodec().config)
+    with pytest.raises(CheckpointError) as error:
+        load_pipeline(tmp_path / "unet.safetensors", tmp_path / "codec.safetensors")
+    message = str(error.value)
+    assert "unet.safetensors" in message and "codec.safetensors" in message and "3-channel" in message and "48-channel" in message
 
 
 def test_missing_and_non_checkpoint_files(tmp_path):
@@ -172,3 +215,171 @@ def test_vq_safetensors_round_trip(tmp_path, tiny_rsd):
     assert codec.config == tiny_rsd.codec.config == {**TINY_VQ}
     z = torch.randn(1, 3, 8, 8)
     assert torch.equal(codec.decode(z), tiny_rsd.codec.decode(z))
+
+
+# --- the official releases' files and YAMLs, mirrored at a tiny size ---------------------------------
+# The YAML texts follow the official files key by key (ResShift configs/realsr_swinunet_realesrgan256*.yaml,
+# SinSR/RSD configs/SinSR.yaml, configs/RSD.yaml); only the UNet's sizes are shrunk to the tiny test
+# config so the weights are seeded and small.
+
+TINY_PARAMS = """    image_size: 64
+    model_channels: 32
+    attention_resolutions: [64, 32]
+    dropout: 0
+    channel_mult: [1, 2]
+    num_res_blocks: [1, 1]
+    conv_resample: True
+    dims: 2
+    use_fp16: False
+    num_head_channels: 16
+    use_scale_shift_norm: True
+    resblock_updown: False
+    swin_depth: 2
+    swin_embed_dim: 32
+    window_size: 8
+    mlp_ratio: 2
+"""
+
+DIFFUSION_15 = """diffusion:
+  target: models.script_util.create_gaussian_diffusion
+  params:
+    sf: 4
+    schedule_name: exponential
+    schedule_kwargs:
+      power: 0.3
+    etas_end: 0.99
+    steps: 15
+    min_noise_level: 0.04
+    kappa: 2.0
+    predict_type: xstart
+    normalize_input: True
+    latent_flag: True
+"""
+
+SINSR_YAML = f"""model:
+  target: models.unet.UNetModelSwin
+  ckpt_path: ~
+  teacher_ckpt_path: weights/resshift_realsrx4_s15_v1.pth
+  params:
+    in_channels: 6
+    out_channels: 3
+    cond_lq: True
+{TINY_PARAMS}
+{DIFFUSION_15}
+autoencoder:
+  params:
+    embed_dim: 3
+"""
+
+RSD_YAML = SINSR_YAML.replace("  ckpt_path: ~\n", """  target_gan: models.unet.UNetModelSwinGanWrapper
+  ckpt_path: ~
+  add_noise: True
+  noise_channels: 1
+  gan_loss: True
+""").replace("latent_flag: True\n", "latent_flag: True\n    num_steps: 4\n")
+
+JOURNAL_YAML = f"""trainer:
+  target: trainer.TrainerDifIRLPIPS
+autoencoder:
+  target: ldm.models.autoencoder.VQModelTorch
+  params:
+    embed_dim: 3
+    n_embed: 8192
+model:
+  target: models.unet.UNetModelSwin
+  ckpt_path: ~
+  params:
+    in_channels: 3
+    out_channels: ${{autoencoder.params.embed_dim}}
+{TINY_PARAMS}    cond_lq: True
+    lq_size: 64
+{DIFFUSION_15.replace("steps: 15", "steps: 4").replace("min_noise_level: 0.04", "min_noise_level: 0.2")}"""
+
+
+@pytest.fixture
+def tiny_codec(tmp_path, tiny_teacher):
+    path = tmp_path / "vq.safetensors"
+    save_module(tiny_teacher.codec.vq, path, "codec", tiny_teacher.codec.config)
+    return path
+
+
+def _write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name, text, model", [("SinSR.yaml", SINSR_YAML, "tiny_teacher"), ("RSD.yaml", RSD_YAML, "tiny_rsd")])
+def test_sinsr_and_rsd_yamls_count_the_lr_image_in_in_channels(tmp_path, request, tiny_codec, name, text, model):
+    """Their UNetModelSwin concatenates the LR image inside in_channels (6), ResShift's adds it (3)."""
+    pipe = request.getfixturevalue(model)
+    path = tmp_path / "model.pth"
+    torch.save({f"module.{k}": v for k, v in pipe.unet.state_dict().items()}, path)  # as ema_model_2800.pth: DDP keys
+    loaded = load_pipeline(path, tiny_codec, unet_config=_write(tmp_path, name, text))
+    assert loaded.unet.in_channels == 3 and loaded.unet.noise_channels == pipe.unet.noise_channels
+    assert loaded.schedule == TEACHER_15
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(loaded(lr, seed=3), SRPipeline(pipe.unet, loaded.codec, TEACHER_15)(lr, seed=3))
+
+
+def test_a_yaml_that_does_not_fit_the_weights_is_one_line(tmp_path, tiny_teacher, tiny_codec):
+    path = tmp_path / "model.pth"
+    torch.save(tiny_teacher.unet.state_dict(), path)  # 6 input channels: no noise map
+    with pytest.raises(CheckpointError, match=r"model.pth: its first conv takes 6 input channels, but RSD.yaml describes "
+                                              r"3 latent \+ 3 LR image \+ 1 noise channels"):
+        load_unet(path, _write(tmp_path, "RSD.yaml", RSD_YAML))
+
+
+def test_the_journal_yaml_selects_resshift_v3s_four_steps(tmp_path, tiny_teacher, tiny_codec):
+    path = tmp_path / "resshift_realsrx4_s4_v3.pth"
+    torch.save({"state_dict": tiny_teacher.unet.state_dict()}, path)
+    pipe = load_pipeline(path, tiny_codec, unet_config=_write(tmp_path, "realsr_swinunet_realesrgan256_journal.yaml", JOURNAL_YAML))
+    assert pipe.schedule == TEACHER_4 and pipe.unet.out_channels == 3  # ${autoencoder.params.embed_dim} resolved
+    lr = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert pipe(lr, steps=4, seed=1).shape == (1, 3, 64, 64)
+    with pytest.raises(ValueError, match="schedule has 4 steps, so run 1 .* or 4, got 15"):
+        pipe(lr, steps=15)
+
+
+@pytest.mark.parametrize("steps, schedule", [(None, TEACHER_15), (1, TEACHER_15), (15, TEACHER_15), (4, TEACHER_4)])
+def test_steps_select_the_official_schedule_of_a_bare_pth(tmp_path, tiny_teacher, tiny_codec, steps, schedule):
+    path = tmp_path / "resshift.pth"
+    torch.save(tiny_teacher.unet.state_dict(), path)
+    assert load_pipeline(path, tiny_codec, steps=steps).schedule == schedule
+
+
+def test_steps_no_official_schedule_has_are_one_line(tmp_path, tiny_teacher, tiny_codec):
+    path = tmp_path / "resshift.pth"
+    torch.save(tiny_teacher.unet.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"resshift.pth: --steps 7: the official schedules have 15 steps .* or 4"):
+        load_pipeline(path, tiny_codec, steps=7)
+
+
+def _rsd_training_checkpoint(path, student: torch.nn.Module, fake: torch.nn.Module, step: int) -> dict:
+    """A model_N.pth as trainer.py's save_ckpt writes it under DDP: the fake model inside the
+    (unpublished) GAN wrapper, here with the UNet under `model.` and a head beside it."""
+    head = {"head.conv.weight": torch.randn(4, 64, 3, 3), "head.conv.bias": torch.zeros(4)}
+    fake_state = {**{f"module.model.{k}": v for k, v in fake.state_dict().items()}, **{f"module.{k}": v for k, v in head.items()}}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=5e-5, betas=(0.9, 0.95))
+    checkpoint = {
+        "iters_start": step,
+        "log_step": {"train": step, "val": step // 1000},
+        "log_step_img": {"train": step // 200, "val": step // 1000},
+        "optimizer": {"student": optimizer.state_dict(), "fake": optimizer.state_dict()},
+        "state_dict": {"student": {f"module.{k}": v for k, v in student.state_dict().items()}, "fake": fake_state},
+        "scheduler": {"student": {"last_epoch": step, "base_lrs": [5e-5]}, "fake": {"last_epoch": step, "base_lrs": [5e-5]}},
+    }
+    torch.save(checkpoint, path)
+    return head
+
+
+def test_an_rsd_training_checkpoint_gives_its_student_and_both_networks(tmp_path, tiny_rsd, tiny_teacher):
+    path = tmp_path / "model_1000.pth"
+    head = _rsd_training_checkpoint(path, tiny_rsd.unet, tiny_teacher.unet, 1000)
+    student = load_unet(path)  # the network to export
+    assert student.noise_channels == 1
+    assert all(torch.equal(student.state_dict()[k], v) for k, v in tiny_rsd.unet.state_dict().items())
+    both = read_training_checkpoint(path)  # everything a resumed distillation needs
+    assert both["step"] == 1000
+    fake_unet, rest = split_unet(both["fake"])
+    assert set(fake_unet) == set(tiny_teacher.unet.state_dict()) and set(rest) == set(head)

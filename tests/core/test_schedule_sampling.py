@@ -100,8 +100,14 @@ def test_teacher_steps(tiny_teacher):
     full = teacher(lr, steps=4, seed=1)
     one = teacher(lr, steps=1, seed=1)
     assert full.shape == one.shape == (1, 3, 64, 64) and not torch.equal(full, one)
-    with pytest.raises(ValueError, match="steps must be 1 or the schedule's 4"):
-        teacher(lr, steps=3)
+    for steps in (3, 0, -1, 15, True):  # timesteps a 4-step model never saw: refused, in one line
+        with pytest.raises(ValueError, match=rf"steps: this model's schedule has 4 steps, so run 1 \(one step at t = 3\) or 4, got {steps!r}"):
+            teacher(lr, steps=steps)
+
+
+def test_four_steps_on_a_fifteen_step_schedule_names_the_v3_config(tiny_teacher):
+    with pytest.raises(ValueError, match="realsr_swinunet_realesrgan256_journal.yaml"):
+        tiny_teacher(torch.rand(1, 3, 16, 16), steps=4)
 
 
 def test_predict_x0_normalises_input(tiny_teacher):
