@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -27,8 +28,17 @@ def _rgb(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[..., :3])
 
 
+# The one real photograph in matplotlib's sample data (a dependency): a photo beyond scikit-image's.
+MATPLOTLIB_PHOTOS = {"grace_hopper": "grace_hopper.jpg"}
+
+
 def skimage_photo(name: str) -> np.ndarray:
-    """A photo bundled with scikit-image, as HxWx3 uint8 (grey ones repeated, alpha dropped)."""
+    """A photo bundled with scikit-image (``skimage.data.<name>``), or with matplotlib
+    (``grace_hopper``), as HxWx3 uint8 (grey ones repeated, alpha dropped)."""
+    if name in MATPLOTLIB_PHOTOS:
+        import matplotlib.cbook
+
+        return read_image(Path(matplotlib.cbook.get_sample_data(MATPLOTLIB_PHOTOS[name], asfileobj=False)))
     from skimage import data
 
     loader = getattr(data, name, None)
@@ -59,38 +69,57 @@ def read_image(source: Path | np.ndarray) -> np.ndarray:
 
 
 class HRCrops(Dataset):
-    """Random ``crop`` x ``crop`` HR patches with flips, item ``i`` determined by ``(seed, i)``.
+    """Random ``crop`` x ``crop`` HR patches, item ``i`` determined by ``(seed, i)``.
 
     Sources are image files (read on demand, so DataLoader workers share the work) or arrays.
-    Images smaller than the crop are reflect-padded.
+    Augmentation as basicsr's ``augment``: ``hflip`` (p 0.5), and with ``rot`` also a vertical flip
+    and a transpose (p 0.5 each: all 8 orientations). ``rescale_gt`` (ResShift / RSD): the patch
+    is a random square of the image's shorter side, area-resized to ``crop``. ``scale_range``
+    (lo, hi <= 1): the patch is a random ``crop / s`` square, area-resized to ``crop``, ``s`` drawn
+    uniformly: the same photos at several scales. Images smaller than the patch are reflect-padded.
     """
 
-    def __init__(self, sources: list[Path | np.ndarray], crop: int, seed: int = 0, flips: bool = True):
+    def __init__(self, sources: list[Path | np.ndarray], crop: int, seed: int = 0, hflip: bool = True, rot: bool = False,
+                 rescale_gt: bool = False, scale_range: tuple[float, float] = (1.0, 1.0)):
         if not sources:
             raise ValueError("HRCrops: no source images")
         self.sources = sources
         self.crop = crop
         self.seed = seed
-        self.flips = flips
+        self.hflip, self.rot = hflip, rot
+        self.rescale_gt = rescale_gt
+        self.scale_range = tuple(scale_range)
 
     def __len__(self) -> int:
         return 2**62  # an unbounded stream: items are drawn, not enumerated
 
+    def _side(self, image: np.ndarray, rng: np.random.Generator) -> int:
+        if self.rescale_gt:
+            return max(min(image.shape[:2]), self.crop)
+        if self.scale_range == (1.0, 1.0):
+            return self.crop
+        return int(round(self.crop / rng.uniform(*self.scale_range)))
+
     def __getitem__(self, i: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, i])
         image = read_image(self.sources[int(rng.integers(len(self.sources)))])
+        side = self._side(image, rng)
         h, w = image.shape[:2]
-        if h < self.crop or w < self.crop:
-            pad = ((0, max(0, self.crop - h)), (0, max(0, self.crop - w)), (0, 0))
+        if h < side or w < side:
+            pad = ((0, max(0, side - h)), (0, max(0, side - w)), (0, 0))
             image = np.pad(image, pad, mode="reflect")
             h, w = image.shape[:2]
-        top, left = int(rng.integers(h - self.crop + 1)), int(rng.integers(w - self.crop + 1))
-        patch = image[top : top + self.crop, left : left + self.crop]
-        if self.flips:
-            if rng.uniform() < 0.5:
-                patch = patch[:, ::-1]
+        top, left = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+        patch = image[top : top + side, left : left + side]
+        if side != self.crop:
+            patch = cv2.resize(np.ascontiguousarray(patch), (self.crop, self.crop), interpolation=cv2.INTER_AREA)
+        if self.hflip and rng.uniform() < 0.5:
+            patch = patch[:, ::-1]
+        if self.rot:
             if rng.uniform() < 0.5:
                 patch = patch[::-1]
+            if rng.uniform() < 0.5:
+                patch = patch.transpose(1, 0, 2)
         return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255
 
 

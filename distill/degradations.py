@@ -1,12 +1,17 @@
 """LR synthesis: the Real-ESRGAN second-order degradation and plain bicubic x4, batched in torch.
 
-The Real-ESRGAN model (Wang et al. 2021; ResShift, SinSR and RSD train with it) blurs, resizes,
-adds noise and JPEG-compresses twice, then applies a final resize, sinc filter and JPEG in random
-order. Filtering (kornia's ``filter2d`` with per-sample kernels), resizing and noise run on the
-batch's device (the GPU when there is one). The blur kernels (generalised / plateau Gaussians,
-circular sinc) are built here in numpy because no maintained library ships them. JPEG is libjpeg
-through OpenCV with a per-sample quality: the codec real images went through, for the price of a
-host round trip of a few milliseconds per batch.
+The Real-ESRGAN model (Wang et al. 2021) as ResShift, SinSR and RSD train with it (ResShift's
+``realsr_swinunet_realesrgan256.yaml`` and ``TrainerDifIR.prepare_data``): blur, resize, noise,
+JPEG; then, with probability 0.5, a second blur (p 0.8), resize and noise; then a final resize +
+sinc filter and JPEG, in random order. Kernel sizes are 3..19 in the first stage and 3..13 in the
+second and for the final sinc. As there, the resize factor and mode, the noise kind and whether
+the second stage runs are drawn once per batch (the trainer's pair pool mixes batches); kernels,
+noise levels and JPEG qualities per image. Filtering (kornia's ``filter2d`` with per-sample
+kernels), resizing and noise run on the batch's device (the GPU when there is one). The blur
+kernels (generalised / plateau Gaussians, circular sinc) are built here in numpy because no
+maintained library ships them. JPEG is libjpeg through OpenCV with a per-sample quality: the codec
+real images went through (the release uses a differentiable re-implementation, DiffJPEG), for the
+price of a host round trip of a few milliseconds per batch.
 
 All randomness comes from one seed: parameters from a ``numpy.random.Generator``, noise from a
 ``torch.Generator``, so a batch is reproducible from ``(images, seed)``.
@@ -31,9 +36,10 @@ RESIZE_MODES = ("area", "bilinear", "bicubic")
 
 @dataclass(frozen=True)
 class StageConfig:
-    """One degradation stage (blur -> resize -> noise -> JPEG)."""
+    """One degradation stage (blur -> resize -> noise, and JPEG in the first)."""
 
     blur_prob: float = 1.0
+    kernel_sizes: tuple[int, ...] = tuple(range(3, 21, 2))  # blur_kernel_size 21: sizes 3..19
     kernel_probs: tuple[float, ...] = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)  # order of KERNEL_TYPES
     sinc_prob: float = 0.1
     blur_sigma: tuple[float, float] = (0.2, 3.0)
@@ -45,17 +51,18 @@ class StageConfig:
     noise_range: tuple[float, float] = (1.0, 30.0)  # sigma in 8-bit units
     poisson_scale_range: tuple[float, float] = (0.05, 3.0)
     gray_noise_prob: float = 0.4
-    jpeg_range: tuple[float, float] = (30.0, 95.0)
+    jpeg_range: tuple[float, float] = (30.0, 95.0)  # the first stage's JPEG; the second's is the final one
 
 
 @dataclass(frozen=True)
 class RealESRGANConfig:
-    """The Real-ESRGAN x4 ranges (``realesrgan_x4plus``), which ResShift's real-world config uses."""
+    """ResShift's real-world x4 degradation (``realsr_swinunet_realesrgan256.yaml``)."""
 
     first: StageConfig = field(default_factory=StageConfig)
     second: StageConfig = field(
         default_factory=lambda: StageConfig(
             blur_prob=0.8,
+            kernel_sizes=tuple(range(3, 15, 2)),  # blur_kernel_size2 15: sizes 3..13
             blur_sigma=(0.2, 1.5),
             resize_probs=(0.3, 0.4, 0.3),
             resize_range=(0.3, 1.2),
@@ -63,7 +70,9 @@ class RealESRGANConfig:
             poisson_scale_range=(0.05, 2.5),
         )
     )
-    final_sinc_prob: float = 0.8
+    second_order_prob: float = 0.5
+    final_sinc_prob: float = 0.8  # sizes as the second stage's kernels
+    final_jpeg_range: tuple[float, float] = (30.0, 95.0)  # jpeg_range2
     scale: int = 4
 
 
@@ -121,21 +130,18 @@ def _pad(kernel: np.ndarray) -> np.ndarray:
     return np.pad(kernel, p)
 
 
-def _random_size(rng: np.random.Generator) -> int:
-    return int(rng.choice(np.arange(7, MAX_KERNEL + 1, 2)))
-
-
 def stage_kernel(rng: np.random.Generator, stage: StageConfig) -> np.ndarray:
-    size = _random_size(rng)
+    size = int(rng.choice(stage.kernel_sizes))
     if rng.uniform() < stage.sinc_prob:
         cutoff = rng.uniform(math.pi / 3, math.pi) if size < 13 else rng.uniform(math.pi / 5, math.pi)
         return _pad(sinc_kernel(cutoff, size))
     return _pad(random_blur_kernel(rng, size, stage))
 
 
-def final_kernel(rng: np.random.Generator, prob: float) -> np.ndarray:
-    if rng.uniform() < prob:
-        return _pad(sinc_kernel(rng.uniform(math.pi / 3, math.pi), _random_size(rng)))
+def final_kernel(rng: np.random.Generator, config: RealESRGANConfig) -> np.ndarray:
+    if rng.uniform() < config.final_sinc_prob:
+        size = int(rng.choice(config.second.kernel_sizes))
+        return _pad(sinc_kernel(rng.uniform(math.pi / 3, math.pi), size))
     pulse = np.zeros((MAX_KERNEL, MAX_KERNEL))
     pulse[MAX_KERNEL // 2, MAX_KERNEL // 2] = 1.0
     return pulse
@@ -151,6 +157,14 @@ def _filter(x: torch.Tensor, kernels: list[np.ndarray]) -> torch.Tensor:
     return kornia.filters.filter2d(x, k, border_type=border)
 
 
+def _poisson(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Poisson noise at each image's intensity resolution: 2^ceil(log2(#distinct 8-bit values))."""
+    x = (x * 255).round().clamp(0, 255) / 255
+    counts = [len(torch.unique(image)) for image in x]
+    levels = torch.tensor([2.0 ** math.ceil(math.log2(c)) for c in counts], dtype=x.dtype, device=x.device).view(-1, 1, 1, 1)
+    return torch.poisson(x * levels, generator=gen) / levels - x
+
+
 def _add_noise(x: torch.Tensor, stage: StageConfig, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
     gray = torch.as_tensor(rng.uniform(size=b) < stage.gray_noise_prob, device=x.device).view(b, 1, 1, 1)
@@ -161,11 +175,8 @@ def _add_noise(x: torch.Tensor, stage: StageConfig, rng: np.random.Generator, ge
         noise = torch.where(gray, mono.expand_as(x), color) * sigma
     else:
         scale = torch.as_tensor(rng.uniform(*stage.poisson_scale_range, size=b), dtype=x.dtype, device=x.device).view(b, 1, 1, 1)
-        levels = 255.0  # 8-bit sources: Real-ESRGAN's 2^ceil(log2(#unique values)) is at most 256
-        clean = x.clamp(0, 1)
-        color = torch.poisson(clean * levels, generator=gen) / levels - clean
-        luma = kornia.color.rgb_to_grayscale(clean)
-        mono = (torch.poisson(luma * levels, generator=gen) / levels - luma).expand_as(x)
+        color = _poisson(x.clamp(0, 1), gen)
+        mono = _poisson(kornia.color.rgb_to_grayscale(x.clamp(0, 1)), gen).expand_as(x)
         noise = torch.where(gray, mono, color) * scale
     return (x + noise).clamp(0, 1)
 
@@ -182,8 +193,8 @@ def jpeg_roundtrip(x: torch.Tensor, qualities: np.ndarray) -> torch.Tensor:
     return out.to(device=x.device, dtype=x.dtype) / 255
 
 
-def _jpeg(x: torch.Tensor, stage: StageConfig, rng: np.random.Generator) -> torch.Tensor:
-    return jpeg_roundtrip(x, rng.uniform(*stage.jpeg_range, size=x.shape[0]))
+def _jpeg(x: torch.Tensor, quality_range: tuple[float, float], rng: np.random.Generator) -> torch.Tensor:
+    return jpeg_roundtrip(x, rng.uniform(*quality_range, size=x.shape[0]))
 
 
 def _random_resize(x: torch.Tensor, size: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
@@ -192,13 +203,13 @@ def _random_resize(x: torch.Tensor, size: tuple[int, int], rng: np.random.Genera
 
 
 def _stage(x: torch.Tensor, stage: StageConfig, target: tuple[int, int], rng, gen) -> torch.Tensor:
+    """Blur (p ``blur_prob``), resize to ``target`` x a random factor, noise."""
     if rng.uniform() < stage.blur_prob:
         x = _filter(x, [stage_kernel(rng, stage) for _ in range(x.shape[0])])
     direction = rng.choice(3, p=stage.resize_probs)
     factor = rng.uniform(1.0, stage.resize_range[1]) if direction == 0 else rng.uniform(stage.resize_range[0], 1.0) if direction == 1 else 1.0
     x = _random_resize(x, (max(1, int(target[0] * factor)), max(1, int(target[1] * factor))), rng)
-    x = _add_noise(x, stage, rng, gen)
-    return _jpeg(x, stage, rng)
+    return _add_noise(x, stage, rng, gen)
 
 
 @torch.no_grad()
@@ -210,13 +221,14 @@ def realesrgan_degrade(hr: torch.Tensor, seed: int, config: RealESRGANConfig = R
     rng = np.random.default_rng(seed)
     gen = torch.Generator(device=hr.device).manual_seed(seed)
     lr_size = (h // config.scale, w // config.scale)
-    x = _stage(hr.float(), config.first, (h, w), rng, gen)
-    x = _stage(x, config.second, lr_size, rng, gen)
-    sinc = [final_kernel(rng, config.final_sinc_prob) for _ in range(x.shape[0])]
+    x = _jpeg(_stage(hr.float(), config.first, (h, w), rng, gen), config.first.jpeg_range, rng)
+    if rng.uniform() < config.second_order_prob:
+        x = _stage(x, config.second, lr_size, rng, gen)
+    sinc = [final_kernel(rng, config) for _ in range(x.shape[0])]
     if rng.uniform() < 0.5:
-        x = _jpeg(_filter(_random_resize(x, lr_size, rng), sinc), config.second, rng)
+        x = _jpeg(_filter(_random_resize(x, lr_size, rng), sinc), config.final_jpeg_range, rng)
     else:
-        x = _filter(_random_resize(_jpeg(x, config.second, rng), lr_size, rng), sinc)
+        x = _filter(_random_resize(_jpeg(x, config.final_jpeg_range, rng), lr_size, rng), sinc)
     return (x.clamp(0, 1) * 255).round() / 255
 
 

@@ -134,22 +134,29 @@ class DistillationObjective:
         self.exported = "student"
 
     def student_x0(self, student: nn.Module, batch: Batch, gen: torch.Generator, grad: bool) -> torch.Tensor:
-        """G's x0 at one of the N training timesteps: start from x_T and let G run (without grad)
-        n steps, re-noising its x0 to the next timestep with q(x_t | x0, z_y); then the graded call."""
+        """G's x0 at one of the N training timesteps t_n, n ~ U{0..N-1}.
+
+        At t_0 = T-1 the input is the prior sample x_T, as at inference. At a later t_n it is
+        q(x_{t_n} | z0, z_y), the real HR latent noised (``multistep_x_true``, as the release), or
+        else the student's own x0 re-noised step by step from x_T without gradient (DMD2's backward
+        simulation). One noise map per micro-batch, shared by every student call (as the release)."""
         z_y = batch.z_y
         n = int(torch.randint(len(self.timesteps), (1,), generator=gen, device=gen.device))
+        noise_map = _randn((batch.size, self.student.noise_channels, *z_y.shape[2:]), z_y, gen)
         x = self.schedule.prior_sample(z_y, _randn(z_y.shape, z_y, gen))
-        for k in range(n + 1):
-            t = self.schedule.timesteps(batch.size, self.timesteps[k], z_y.device)
-            noise_map = _randn((batch.size, 1, *z_y.shape[2:]), z_y, gen)
-            last = k == n
-            with torch.set_grad_enabled(grad and last):
-                net = student if last else self.student
-                x0 = _call(net, self.schedule, x, t, batch.lq, noise=noise_map)
-            if not last:
+        if n and self.config.multistep_x_true:
+            t_n = self.schedule.timesteps(batch.size, self.timesteps[n], z_y.device)
+            x = self.schedule.q_sample(batch.z0, z_y, t_n, _randn(z_y.shape, z_y, gen))
+        else:
+            for k in range(n):
+                t = self.schedule.timesteps(batch.size, self.timesteps[k], z_y.device)
+                with torch.no_grad():
+                    x0 = _call(self.student, self.schedule, x, t, batch.lq, noise=noise_map)
                 t_next = self.schedule.timesteps(batch.size, self.timesteps[k + 1], z_y.device)
                 x = self.schedule.q_sample(x0, z_y, t_next, _randn(z_y.shape, z_y, gen))
-        return x0
+        t = self.schedule.timesteps(batch.size, self.timesteps[n], z_y.device)
+        with torch.set_grad_enabled(grad):
+            return _call(student, self.schedule, x, t, batch.lq, noise=noise_map)
 
     def supervised_terms(self, x0_hat: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict]:
         loss = x0_hat.new_zeros((), dtype=torch.float32)

@@ -5,7 +5,9 @@ each phase an optimizer step over ``grad_accum`` micro-batches of fresh data. Si
 ``torchrun`` (DDP, one process per GPU, gloo on CPUs). Checkpoints are directories written file
 by file with atomic renames and published by rewriting ``latest.json`` last, so a kill at any
 moment leaves the previous checkpoint intact; every random number is derived from (seed, step),
-so a resumed run continues exactly as if it had never stopped.
+so a resumed run continues exactly as if it had never stopped. A run folder damaged some other
+way (an empty ``latest.json``, a truncated file, a checkpoint of another stage) resumes from the
+newest checkpoint that is complete, and says which it skipped; nothing is ever deleted for it.
 """
 
 from __future__ import annotations
@@ -30,13 +32,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from rsd_deploy.atomic import atomic_path
-from rsd_deploy.checkpoints import load_codec, load_pipeline, load_unet, save_pipeline
+from rsd_deploy.checkpoints import (CheckpointError, load_codec, load_pipeline, load_unet, read_state_dict, read_training_checkpoint,
+                                    save_pipeline, split_unet)
 from rsd_deploy.models.autoencoder import build_codec
 from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.schedule import ResShiftSchedule
 
-from .config import TrainConfig
+from .config import TrainConfig, check_unet
 from .data import HRCrops, StepSampler, load_sources, make_lr, step_seed, validation_pairs
 from .losses import LPIPSLoss
 from .metrics import image_metrics
@@ -44,25 +47,63 @@ from .objectives import OBJECTIVES, Batch, TeacherObjective, encode_batch
 
 log = logging.getLogger("rsd_deploy.distill")
 
-NOISE_STREAM, DEGRADE_STREAM = 1, 2
+NOISE_STREAM, DEGRADE_STREAM, POOL_STREAM = 1, 2, 3
 
 
 class EMA:
-    """Exponential moving average of a network's parameters, with the usual warm-up
-    ``min(decay, (1 + step) / (10 + step))`` so short runs are not dominated by the start point.
-    Buffers (``relative_position_index``, masks) are copied, never averaged."""
+    """Exponential moving average of a network's parameters with a constant decay from step 0, as
+    the RSD and ResShift trainers keep it (so a short run exports mostly its starting point: pick
+    the decay for the run's length). Buffers (``relative_position_index``, masks) are copied, never
+    averaged."""
 
     def __init__(self, net: nn.Module, decay: float):
         self.decay = decay
         self.model = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
-    def update(self, net: nn.Module, step: int) -> None:
-        decay = min(self.decay, (1 + step) / (10 + step))
+    def update(self, net: nn.Module) -> None:
         for ema, live in zip(self.model.parameters(), net.parameters()):
-            ema.lerp_(live.detach(), 1 - decay)
+            ema.lerp_(live.detach(), 1 - self.decay)
         for ema, live in zip(self.model.buffers(), net.buffers()):
             ema.copy_(live)
+
+
+class PairPool:
+    """Real-ESRGAN's training-pair pool (ResShift's ``_dequeue_and_enqueue``): the degradation
+    draws one resize factor and noise kind per batch, so (HR, LR) pairs are kept in a pool of
+    ``size`` and, once it is full, each batch is swapped for a random draw from it. Its content
+    goes into every checkpoint, so a resumed run continues exactly."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.hr: torch.Tensor | None = None
+        self.lr: torch.Tensor | None = None
+        self.filled = 0
+
+    def swap(self, hr: torch.Tensor, lr: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        b = hr.shape[0]
+        if self.hr is None:
+            if self.size % b:
+                raise ValueError(f"pair pool size {self.size} is not a multiple of the micro-batch {b}")
+            self.hr, self.lr = hr.new_zeros(self.size, *hr.shape[1:]), lr.new_zeros(self.size, *lr.shape[1:])
+        if self.filled < self.size:
+            self.hr[self.filled : self.filled + b], self.lr[self.filled : self.filled + b] = hr, lr
+            self.filled += b
+            return hr, lr
+        order = torch.randperm(self.size, generator=gen).to(hr.device)
+        self.hr, self.lr = self.hr[order], self.lr[order]
+        out = self.hr[:b].clone(), self.lr[:b].clone()
+        self.hr[:b], self.lr[:b] = hr, lr
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self.hr is None:
+            return {}
+        return {"hr": self.hr, "lr": self.lr, "filled": torch.tensor(self.filled)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            self.hr, self.lr, self.filled = state["hr"], state["lr"], int(state["filled"])
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -84,6 +125,19 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
 
 
+def _check_layout(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
+    """The same keys and shapes as ``net``, or CheckpointError in one line."""
+    own = net.state_dict()
+    if set(own) != set(state):
+        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+        raise CheckpointError(f"{where}: other networks ({len(missing)} keys missing, e.g. {missing[:1]}; "
+                              f"{len(unexpected)} unexpected, e.g. {unexpected[:1]})")
+    wrong = [k for k in own if own[k].shape != state[k].shape]
+    if wrong:
+        raise CheckpointError(f"{where}: {len(wrong)} tensors of other shapes, e.g. {wrong[0]} {tuple(state[wrong[0]].shape)} "
+                              f"instead of {tuple(own[wrong[0]].shape)}")
+
+
 class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
@@ -99,6 +153,9 @@ class Trainer:
         self.train_sources = load_sources(config.data.hr_dirs, config.data.photos)
         self.val_pairs = validation_pairs(load_sources(config.data.val_dirs, config.data.val_photos), config.data.val_crop,
                                           config.data.val_crops_per_image, config.data.degradation)
+        self.micro = config.optim.batch // (self.world * config.optim.grad_accum)
+        if self.micro < 1:
+            raise ValueError(f"config.optim.batch {config.optim.batch} is smaller than processes x grad_accum ({self.world} x {config.optim.grad_accum})")
         self.codec, self.schedule, teacher = self._build_models()
         self.codec.to(self.device).eval().requires_grad_(False)
         need_lpips = config.stage == "student" and config.objective.lpips_weight > 0
@@ -111,10 +168,12 @@ class Trainer:
         self.scalers = {name: torch.amp.GradScaler(self.device.type, enabled=config.run.precision == "fp16") for name in self.optimizers}
         self.wrapped = {name: self._wrap(net) for name, net in self.objective.networks.items()}
         self.ema = EMA(self.objective.networks[self.objective.exported], config.optim.ema_decay)
-        self.micro = config.optim.batch // (self.world * config.optim.grad_accum)
-        if self.micro < 1:
-            raise ValueError(f"config.optim.batch {config.optim.batch} is smaller than processes x grad_accum ({self.world} x {config.optim.grad_accum})")
+        use_pool = config.data.degradation == "realesrgan" and config.data.pool_batches > 0
+        self.pool = PairPool(config.data.pool_batches * self.micro) if use_pool else None
+        if config.stage == "student" and config.model.init:
+            self._init_from_release(Path(config.model.init))
         self.writer = None
+        self._restore()  # before any training, so a damaged run folder is reported in one line
 
     # --- construction ---------------------------------------------------------------------------
 
@@ -131,6 +190,7 @@ class Trainer:
         teacher_path = Path(cfg.teacher)
         if teacher_path.is_dir():
             pipe = load_pipeline(teacher_path)  # the teacher's own codec and schedule
+            check_unet(self.config, pipe.unet.config, pipe.codec.latent_channels, f"teacher {teacher_path}")
             return pipe.codec, pipe.schedule, pipe.unet
         return self._codec(), ResShiftSchedule(**cfg.schedule), load_unet(teacher_path)
 
@@ -150,6 +210,32 @@ class Trainer:
         cls = OBJECTIVES[self.config.objective.method]
         return cls(teacher, self.schedule, self.codec, lpips, self.config.objective)
 
+    def _init_from_release(self, path: Path) -> None:
+        """Student, fake UNet and step from an RSD training checkpoint (``model_N.pth``), and the
+        EMA from its ``../ema_ckpts/ema_model_N.pth`` when that is there (the release's layout).
+        The release's GAN head layout is not public, so the head starts from its seed; the Adam
+        moments start from zero."""
+        release = read_training_checkpoint(path)
+        objective = self.objective
+        try:
+            fake_unet, head = split_unet(release["fake"])
+        except KeyError:
+            raise CheckpointError(f"{path}: its fake model holds no UNetModelSwin (no input_blocks.0.0.weight)") from None
+        for net, state, what in [(objective.student, release["student"], "student"), (objective.fake.unet, fake_unet, "fake")]:
+            _check_layout(net, state, f"{path} ({what})")
+            net.load_state_dict(state, strict=True)
+        ema_path = path.parent.parent / "ema_ckpts" / f"ema_{path.name}"
+        if ema_path.is_file():
+            ema_state = read_state_dict(ema_path)
+            _check_layout(self.ema.model, ema_state, str(ema_path))
+            self.ema.model.load_state_dict(ema_state, strict=True)
+        else:
+            self.ema.model.load_state_dict(objective.student.state_dict())
+        self.step = release["step"]
+        self._log(f"initialised student and fake UNet from {path} at step {self.step}"
+                  + (f", EMA from {ema_path}" if ema_path.is_file() else ", EMA from the student (no ema_ckpts file)")
+                  + (f"; its GAN head ({len(head)} tensors) is not public, ours starts from its seed" if head else ""))
+
     def _optimizer(self, name: str, net: nn.Module) -> torch.optim.Optimizer:
         cfg = self.config.optim
         lr = cfg.lr if name == self.objective.exported else cfg.fake_lr
@@ -166,7 +252,8 @@ class Trainer:
 
     def _loader(self) -> Iterator[torch.Tensor]:
         cfg = self.config.data
-        dataset = HRCrops(self.train_sources, cfg.crop, seed=self.config.run.seed)
+        dataset = HRCrops(self.train_sources, cfg.crop, seed=self.config.run.seed, hflip=cfg.hflip, rot=cfg.rot,
+                          rescale_gt=cfg.rescale_gt, scale_range=cfg.scale_range)
         per_step = len(self.objective.phases()) * self.config.optim.grad_accum
         sampler = StepSampler(self.step * per_step, self.micro, self.rank, self.world)
         loader = DataLoader(dataset, batch_size=self.micro, sampler=sampler, num_workers=cfg.workers,
@@ -176,7 +263,11 @@ class Trainer:
     def _batch(self, hr: torch.Tensor, micro_index: int) -> Batch:
         hr = hr.to(self.device, non_blocking=True)
         seed = step_seed(self.config.run.seed, micro_index, self.rank, DEGRADE_STREAM)
-        return encode_batch(self.codec, hr, make_lr(hr, self.config.data.degradation, seed))
+        lr = make_lr(hr, self.config.data.degradation, seed)
+        if self.pool is not None:
+            gen = torch.Generator().manual_seed(step_seed(self.config.run.seed, micro_index, self.rank, POOL_STREAM))
+            hr, lr = self.pool.swap(hr, lr, gen)
+        return encode_batch(self.codec, hr, lr)
 
     # --- one step ---------------------------------------------------------------------------------
 
@@ -216,12 +307,12 @@ class Trainer:
                     metrics.setdefault(f"{phase}/{key}", []).append(value)
             scaler.unscale_(optimizer)
             params = [q for group in optimizer.param_groups for q in group["params"]]
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip) if cfg.optim.grad_clip else None
-            if norm is not None:
-                metrics.setdefault(f"{phase}/grad_norm", []).append(float(norm))
+            # grad_clip 0 (the release): no clipping, the norm is still logged
+            norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip or float("inf"))
+            metrics.setdefault(f"{phase}/grad_norm", []).append(float(norm))
             scaler.step(optimizer)
             scaler.update()
-        self.ema.update(self.objective.networks[self.objective.exported], self.step)
+        self.ema.update(self.objective.networks[self.objective.exported])
         self.step += 1
         return {k: float(np.mean(v)) for k, v in metrics.items()}
 
@@ -229,9 +320,13 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write checkpoints/step_N/ file by file (atomic renames), then point latest.json at it."""
-        if self.rank != 0:
-            return self.ckpt_dir
         folder = self.ckpt_dir / f"step_{self.step:07d}"
+        if self.pool is not None:  # every process's own pool, before rank 0 publishes the folder
+            _save_tensors(self.pool.state_dict(), folder / f"pool_rank{self.rank}.safetensors")
+            if self.world > 1:
+                dist.barrier()
+        if self.rank != 0:
+            return folder
         for name, net in self.objective.networks.items():
             _save_tensors(net.state_dict(), folder / f"{name}.safetensors")
         _save_tensors(self.ema.model.state_dict(), folder / "ema.safetensors")
@@ -253,29 +348,95 @@ class Trainer:
             shutil.rmtree(old, ignore_errors=True)
         return folder
 
-    def latest_checkpoint(self) -> Path | None:
-        pointer = self.ckpt_dir / "latest.json"
-        if not pointer.is_file():
-            return None
-        folder = self.ckpt_dir / json.loads(pointer.read_text())["folder"]
-        if not (folder / "trainer_state.pt").is_file():
-            raise ValueError(f"{pointer}: points at {folder}, which has no trainer_state.pt")
-        return folder
+    def _checkpoint_folders(self) -> list[Path]:
+        """This run's checkpoint folders, newest first (``latest.json`` only names the newest
+        published one; every file is renamed into place complete, so a folder with all its files
+        is complete whether or not the pointer reached it)."""
+        folders = [p for p in self.ckpt_dir.glob("step_*") if p.is_dir() and p.name[5:].isdigit()]
+        return sorted(folders, key=lambda p: int(p.name[5:]), reverse=True)
 
-    def resume(self, folder: Path) -> None:
+    def _read_checkpoint(self, folder: Path) -> dict:
+        """Everything a resume needs from ``folder``, read and checked against this run before
+        anything is changed; CheckpointError (one line) when it cannot be used."""
+        names = list(self.objective.networks)
+        needed = [f"{n}.safetensors" for n in names] + ["ema.safetensors", "trainer_state.pt", "config.json"]
+        if self.pool is not None:
+            needed.append(f"pool_rank{self.rank}.safetensors")
+        missing = [f for f in needed if not (folder / f).is_file()]
+        if "config.json" in missing:
+            raise CheckpointError(f"{', '.join(missing)} missing")
+        try:
+            saved = json.loads((folder / "config.json").read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"config.json unreadable ({error})") from None
+        stage = saved.get("stage") if isinstance(saved, dict) else None
+        method = (saved.get("objective") or {}).get("method") if isinstance(saved, dict) else None
+        if stage != self.config.stage or (stage == "student" and method != self.config.objective.method):
+            theirs = f"{stage} stage" + (f", {method}" if stage == "student" else "")
+            ours = f"{self.config.stage} stage" + (f", {self.config.objective.method}" if self.config.stage == "student" else "")
+            raise CheckpointError(f"a checkpoint of a {theirs} run, this run is {ours}")
+        if missing:
+            raise CheckpointError(f"{', '.join(missing)} missing")
+        tensors = {}
+        for name in names + ["ema"] + (["pool"] if self.pool is not None else []):
+            file = folder / (f"pool_rank{self.rank}.safetensors" if name == "pool" else f"{name}.safetensors")
+            try:
+                tensors[name] = load_file(str(file), device=str(self.device))
+            except Exception as error:
+                raise CheckpointError(f"{file.name} unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+            if name != "pool":
+                _check_layout(self.objective.networks.get(name, self.ema.model), tensors[name], file.name)
+        try:
+            state = torch.load(folder / "trainer_state.pt", map_location=self.device, weights_only=True)
+        except Exception as error:
+            raise CheckpointError(f"trainer_state.pt unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        if not isinstance(state, dict) or not {"step", "optimizers", "scalers", "torch_rng"} <= set(state) \
+                or set(state["optimizers"]) != set(self.optimizers):
+            raise CheckpointError("trainer_state.pt does not hold this run's optimizer state")
+        return {"tensors": tensors, "state": state}
+
+    def _restore(self) -> None:
+        """Resume from the newest usable checkpoint; say which newer ones were skipped and why.
+        Checkpoints that exist but none of which fits: refuse in one line (nothing is deleted)."""
+        folders = self._checkpoint_folders()
+        pointer = self.ckpt_dir / "latest.json"
+        if not folders:
+            if pointer.is_file():
+                raise ValueError(f"{pointer}: names a checkpoint, but {self.ckpt_dir} holds no step_* folder; "
+                                 "use another run.out_dir (--out) or move this one away")
+            return
+        skipped = []
+        for folder in folders:
+            try:
+                checkpoint = self._read_checkpoint(folder)
+            except CheckpointError as error:
+                skipped.append(f"{folder.name}: {error}")
+                continue
+            self._apply(checkpoint)
+            note = f" (skipped {'; '.join(skipped)})" if skipped else ""
+            if self.rank == 0 and skipped:
+                log.warning("resuming from %s at step %d, the newest usable checkpoint%s", folder, self.step, note)
+            else:
+                self._log(f"resumed from {folder} at step {self.step}")
+            return
+        raise ValueError(f"{self.ckpt_dir}: no usable checkpoint to resume from ({'; '.join(skipped)}); "
+                         "use another run.out_dir (--out) or move these away")
+
+    def _apply(self, checkpoint: dict) -> None:
+        tensors, state = checkpoint["tensors"], checkpoint["state"]
         for name, net in self.objective.networks.items():
-            net.load_state_dict(load_file(str(folder / f"{name}.safetensors"), device=str(self.device)), strict=True)
-        self.ema.model.load_state_dict(load_file(str(folder / "ema.safetensors"), device=str(self.device)), strict=True)
-        state = torch.load(folder / "trainer_state.pt", map_location=self.device, weights_only=True)
+            net.load_state_dict(tensors[name], strict=True)
+        self.ema.model.load_state_dict(tensors["ema"], strict=True)
+        if self.pool is not None:
+            self.pool.load_state_dict(tensors["pool"])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         for name, scaler in self.scalers.items():
             scaler.load_state_dict(state["scalers"][name])
         torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"] and torch.cuda.is_available():
+        if state.get("cuda_rng") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.step = int(state["step"])
-        self._log(f"resumed from {folder} at step {self.step}")
 
     # --- validation and export ----------------------------------------------------------------------
 
@@ -316,11 +477,8 @@ class Trainer:
             log.info(message)
 
     def fit(self, stop_after: int | None = None) -> None:
-        """Train to ``optim.steps`` (or ``stop_after`` more steps), resuming from the latest checkpoint."""
+        """Train to ``optim.steps`` (or ``stop_after`` more steps) from where the constructor resumed."""
         cfg = self.config
-        folder = self.latest_checkpoint()
-        if folder is not None:
-            self.resume(folder)
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 

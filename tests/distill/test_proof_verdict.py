@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from rsd_deploy.distill.losses import EVAL_BACKBONE_SEED, LPIPSLoss
@@ -17,19 +18,32 @@ def rows(student_psnr: float, student_lpips: float) -> dict:
     }
 
 
+def photos(student_psnr: float = 27.0, student_lpips: float = 0.2) -> dict:
+    bicubic = {"psnr": 26.5, "ssim": 0.70, "lpips": 0.25}
+    return {"grace_hopper": {"size": "512x600", "bicubic": bicubic, "student": {"psnr": student_psnr, "ssim": 0.71, "lpips": student_lpips}}}
+
+
 def test_claim_is_perceptual_win_and_fidelity_within_half_a_db():
-    holds = verdict(rows(28.0, 0.0094), 15)
+    holds = verdict(rows(28.0, 0.0094), 15, photos())
     assert holds["claim_holds"] and not holds["also_reported"]["student PSNR > teacher 1-step PSNR"]
-    assert not verdict(rows(27.8, 0.0094), 15)["claim_holds"]  # 0.6 dB below the 15-step teacher
-    assert not verdict(rows(28.6, 0.0095), 15)["claim_holds"]  # LPIPS only ties the 1-step teacher
+    assert not verdict(rows(27.8, 0.0094), 15, photos())["claim_holds"]  # 0.6 dB below the 15-step teacher
+    assert not verdict(rows(28.6, 0.0095), 15, photos())["claim_holds"]  # LPIPS only ties the 1-step teacher
+
+
+@pytest.mark.parametrize("psnr, lpips", [(26.4, 0.2), (27.0, 0.26)])
+def test_claim_needs_bicubic_beaten_on_every_photo_in_psnr_and_lpips(psnr, lpips):
+    checked = verdict(rows(28.0, 0.0094), 15, photos(psnr, lpips))
+    assert not checked["claim_holds"]
+    assert not all(v for k, v in checked["claim"].items() if k.startswith("grace_hopper"))
 
 
 def test_markdown_states_the_verdict():
     report = {"rows": rows(28.0, 0.0094), "crops": 2, "crop_hr": 128, "photos": ["coffee"], "seeds": [0],
-              "degradation": "bicubic", "lpips": "LPIPS-alex(random backbone, seed 1)"}
-    report["verdict"] = verdict(report["rows"], 15)
+              "degradation": "bicubic", "lpips": "LPIPS-alex(random backbone, seed 1)", "unseen": ["grace_hopper"],
+              "photo_rows": photos()}
+    report["verdict"] = verdict(report["rows"], 15, report["photo_rows"])
     text = markdown(report)
-    assert "Claim holds: **yes**" in text and "| 0.00940 |" in text
+    assert "Claim holds: **yes**" in text and "| 0.00940 |" in text and "| grace_hopper | 512x600 | 26.50 | 27.00 |" in text
 
 
 def test_evaluation_backbone_is_not_the_training_one():

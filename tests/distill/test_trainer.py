@@ -3,17 +3,17 @@ update, exact resume after an interruption, configs and the CLI."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from rsd_deploy.checkpoints import load_pipeline, save_pipeline
 from rsd_deploy.distill import cli
 from rsd_deploy.distill.config import DEMO_UNET, build_config
 from rsd_deploy.distill.objectives import RSDObjective, add_noise_channel, encode_batch, student_timesteps
-from rsd_deploy.distill.trainer import Trainer
+from rsd_deploy.distill.trainer import EMA, PairPool, Trainer
 from rsd_deploy.models.autoencoder import PixelUnshuffleCodec
 from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.pipeline import SRPipeline
@@ -112,52 +112,159 @@ def test_fake_model_update_reduces_its_loss(teacher_dir):
     assert loss()[1]["fake_mse"] < 0.8 * first
 
 
-@pytest.mark.parametrize("stage", ["teacher", "student"])
-def test_resume_after_interruption_restores_the_exact_state(tmp_path, teacher_dir, stage):
+@pytest.mark.parametrize("stage, degradation", [("teacher", "bicubic"), ("student", "bicubic"), ("teacher", "realesrgan")])
+def test_resume_after_interruption_restores_the_exact_state(tmp_path, teacher_dir, stage, degradation):
+    """(realesrgan: with the training-pair pool, whose content must survive the interruption too.)"""
     model = {"teacher": str(teacher_dir)} if stage == "student" else {}
-    straight = Trainer(_config(tmp_path / "straight", stage, 3, model=model))
+    data = {"degradation": degradation, "pool_batches": 2}
+    straight = Trainer(_config(tmp_path / "straight", stage, 3, model=model, data=data))
     straight.fit()
-    interrupted = Trainer(_config(tmp_path / "resumed", stage, 3, model=model))
+    interrupted = Trainer(_config(tmp_path / "resumed", stage, 3, model=model, data=data))
     interrupted.fit(stop_after=2)  # the process "dies" here: only its checkpoint survives
     del interrupted
-    resumed = Trainer(_config(tmp_path / "resumed", stage, 3, model=model))
+    resumed = Trainer(_config(tmp_path / "resumed", stage, 3, model=model, data=data))
     resumed.fit()
     assert resumed.step == straight.step == 3
     _assert_same(_state(straight), _state(resumed))
+    if degradation == "realesrgan":
+        assert torch.equal(straight.pool.hr, resumed.pool.hr) and straight.pool.filled == 4
 
 
-def test_a_half_written_checkpoint_is_never_resumed_from(tmp_path):
-    trainer = Trainer(_config(tmp_path, "teacher", 1))
-    trainer.fit()
-    broken = tmp_path / "checkpoints" / "step_0000009"
-    broken.mkdir()
-    (broken / "unet.safetensors").write_bytes(b"truncated")  # a kill mid-write, pointer not updated
-    assert Trainer(_config(tmp_path, "teacher", 1)).latest_checkpoint().name == "step_0000001"
-    assert set(load_file(str(tmp_path / "checkpoints" / "step_0000001" / "unet.safetensors")))
+@pytest.fixture
+def two_checkpoints(tmp_path):
+    """A teacher run folder holding checkpoints after steps 1 and 2."""
+    Trainer(_config(tmp_path, "teacher", 2)).fit()
+    return tmp_path / "checkpoints"
 
 
-def test_config_files_override_and_reject_unknown_keys(tmp_path):
-    path = tmp_path / "c.yaml"
-    path.write_text("optim:\n  lr: 1.0e-5\n  betas: [0.8, 0.9]\nobjective:\n  method: tsdsr\n")
-    config = build_config("paper", "student", path)
-    assert config.optim.lr == 1e-5 and config.optim.betas == (0.8, 0.9) and config.objective.method == "tsdsr"
-    assert config.model.unet["model_channels"] == 160 and config.optim.batch == 64
-    path.write_text(json.dumps({"optim": {"learning_rate": 1}}))
-    with pytest.raises(ValueError, match="unknown key 'learning_rate'"):
-        build_config("demo", "student", path)
+def _damage(checkpoints, how: str) -> None:
+    newest = checkpoints / "step_0000002"
+    if how == "empty latest.json":
+        (checkpoints / "latest.json").write_text("")
+    elif how == "truncated weights":
+        data = (newest / "unet.safetensors").read_bytes()
+        (newest / "unet.safetensors").write_bytes(data[: len(data) // 2])
+    elif how == "no trainer_state.pt":
+        (newest / "trainer_state.pt").unlink()
+    elif how == "another stage":
+        config = json.loads((newest / "config.json").read_text())
+        (newest / "config.json").write_text(json.dumps({**config, "stage": "student"}))
+    elif how == "half-written, pointer not updated":
+        broken = checkpoints / "step_0000009"
+        broken.mkdir()
+        (broken / "unet.safetensors").write_bytes(b"truncated")
 
 
-def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
-    assert cli.main(["student", "--base", "demo", "--method", "tsdsr", "--print-config"]) == 0
-    assert json.loads(capsys.readouterr().out)["objective"]["method"] == "tsdsr"
-    assert cli.main(["student", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert "missing.yaml: no such config file" in capsys.readouterr().err
-    assert cli.main(["student", "--out", str(tmp_path)]) == 2  # no teacher given
-    assert "model.teacher" in capsys.readouterr().err
+@pytest.mark.parametrize("how", ["truncated weights", "no trainer_state.pt", "another stage", "half-written, pointer not updated"])
+def test_a_damaged_checkpoint_falls_back_to_the_newest_complete_one(two_checkpoints, tmp_path, how, caplog):
+    _damage(two_checkpoints, how)
+    before = sorted(p.name for p in two_checkpoints.rglob("*"))
+    with caplog.at_level("WARNING", logger="rsd_deploy.distill"):
+        trainer = Trainer(_config(tmp_path, "teacher", 2))
+    expected = 2 if how == "half-written, pointer not updated" else 1
+    assert trainer.step == expected
+    assert f"step_{expected:07d}" in caplog.text and "skipped" in caplog.text  # it says so
+    assert sorted(p.name for p in two_checkpoints.rglob("*")) == before  # and deletes nothing
 
 
-def test_cli_names_a_missing_image_folder(tmp_path, teacher_dir, capsys):
+def test_an_unreadable_pointer_does_not_hide_complete_checkpoints(two_checkpoints, tmp_path):
+    _damage(two_checkpoints, "empty latest.json")
+    assert Trainer(_config(tmp_path, "teacher", 2)).step == 2
+
+
+def test_no_usable_checkpoint_is_one_line_before_training(two_checkpoints, tmp_path, capsys):
+    _damage(two_checkpoints, "truncated weights")
+    (two_checkpoints / "step_0000001" / "trainer_state.pt").unlink()
     config = tmp_path / "c.json"
-    config.write_text(json.dumps({"data": {"hr_dirs": [str(tmp_path / "nowhere")]}}))
-    assert cli.main(["teacher", "--config", str(config), "--out", str(tmp_path / "run")]) == 2
-    assert "nowhere: no such image folder" in capsys.readouterr().err
+    config.write_text(json.dumps(SMALL))
+    assert cli.main(["teacher", "--config", str(config), "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "no usable checkpoint" in error
+    assert "step_0000002: unet.safetensors unreadable" in error and "step_0000001: trainer_state.pt missing" in error
+
+
+def test_a_student_run_refuses_a_teacher_run_folder(two_checkpoints, tmp_path, teacher_dir):
+    with pytest.raises(ValueError, match=r"a checkpoint of a teacher stage run, this run is student stage, rsd"):
+        Trainer(_config(tmp_path, "student", 2, model={"teacher": str(teacher_dir)}))
+
+
+def test_ema_decay_is_constant_from_the_first_step(teacher_dir):
+    """As the release: at step 0 the average moves by (1 - decay), not by a warm-up's 0.9."""
+    teacher = load_pipeline(teacher_dir).unet
+    ema = EMA(teacher, 0.99)
+    moved = copy.deepcopy(teacher)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(1.0)
+    before = [p.clone() for p in ema.model.parameters()]
+    ema.update(moved)
+    assert all(torch.allclose(e, b + 0.01) for e, b in zip(ema.model.parameters(), before))
+
+
+def test_pair_pool_fills_then_swaps_whole_pairs():
+    pool = PairPool(4)
+    batches = [(torch.full((2, 1, 4, 4), float(i)), torch.full((2, 1, 1, 1), float(i))) for i in range(4)]
+    for hr, lr in batches[:2]:
+        assert pool.swap(hr, lr, torch.Generator().manual_seed(0))[0] is hr  # filling: passed through
+    hr, lr = pool.swap(*batches[2], torch.Generator().manual_seed(0))
+    assert set(hr.flatten().tolist()) <= {0.0, 1.0} and torch.equal(hr[:, :, 0, 0], lr[:, :, 0, 0])  # pairs stay pairs
+    assert sorted(pool.hr[:, 0, 0, 0].tolist()).count(2.0) == 2  # the new batch went in
+
+
+def _count_student_calls(objective, batch, seed: int):
+    calls = []
+    original = objective.student.forward
+
+    def spy(x, t, lq=None, noise=None):
+        calls.append((int(t[0]), noise.clone()))
+        return original(x, t, lq=lq, noise=noise)
+
+    objective.student.forward = spy
+    try:
+        with torch.no_grad():
+            objective.student_x0(objective.student, batch, torch.Generator().manual_seed(seed), grad=False)
+    finally:
+        del objective.student.forward
+    return calls
+
+
+@pytest.mark.parametrize("x_true", [True, False])
+def test_student_inputs_follow_the_release(teacher_dir, x_true):
+    """multistep_x_true: a later timestep's input is the noised real HR latent, so the student runs
+    once; otherwise it runs its own chain. Either way one noise map per micro-batch."""
+    pipe = load_pipeline(teacher_dir)
+    config = build_config("demo", "student", overrides={**SMALL, "objective": {"multistep": 4, "multistep_x_true": x_true}})
+    objective = RSDObjective(pipe.unet, pipe.schedule, pipe.codec, None, config.objective)
+    hr = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    batch = encode_batch(pipe.codec, hr, torch.nn.functional.avg_pool2d(hr, 4))
+    lengths = set()
+    for seed in range(12):
+        calls = _count_student_calls(objective, batch, seed)
+        lengths.add(len(calls))
+        assert all(torch.equal(noise, calls[0][1]) for _, noise in calls)
+        assert calls[-1][0] in student_timesteps(15, 4)
+    assert lengths == ({1} if x_true else {1, 2, 3, 4})
+
+
+def test_an_rsd_training_checkpoint_starts_the_student_stage(tmp_path, teacher_dir):
+    """model_N.pth (trainer.py's save_ckpt layout, DDP keys, the fake inside the unpublished GAN
+    wrapper) and its ema_ckpts/ema_model_N.pth: student, fake UNet, EMA and step carry over."""
+    teacher = load_pipeline(teacher_dir).unet
+    torch.manual_seed(3)
+    student, fake, ema = add_noise_channel(teacher), copy.deepcopy(teacher), add_noise_channel(teacher)
+    with torch.no_grad():
+        for net in (student, fake, ema):
+            for param in net.parameters():
+                param.add_(0.01 * torch.randn_like(param))
+    (tmp_path / "release" / "ckpts").mkdir(parents=True)
+    (tmp_path / "release" / "ema_ckpts").mkdir()
+    path = tmp_path / "release" / "ckpts" / "model_1000.pth"
+    torch.save({"iters_start": 1000, "log_step": {"train": 1000, "val": 1},
+                "state_dict": {"student": {f"module.{k}": v for k, v in student.state_dict().items()},
+                               "fake": {**{f"module.model.{k}": v for k, v in fake.state_dict().items()},
+                                        "module.head.weight": torch.zeros(1, 8)}}}, path)
+    torch.save({f"module.{k}": v for k, v in ema.state_dict().items()}, tmp_path / "release" / "ema_ckpts" / "ema_model_1000.pth")
+    trainer = Trainer(_config(tmp_path / "run", "student", 1001, model={"teacher": str(teacher_dir), "init": str(path)}))
+    assert trainer.step == 1000
+    for mine, theirs in [(trainer.objective.student, student), (trainer.objective.fake.unet, fake), (trainer.ema.model, ema)]:
+        _assert_same(mine.state_dict(), theirs.state_dict())
