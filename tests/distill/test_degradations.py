@@ -9,14 +9,18 @@ import pytest
 import torch
 
 from rsd_deploy.distill.data import HRCrops, StepSampler, skimage_photo
+from rsd_deploy.distill import degradations
 from rsd_deploy.distill.degradations import (
     MAX_KERNEL,
+    RealESRGANConfig,
     StageConfig,
     bicubic_degrade,
+    final_kernel,
     jpeg_roundtrip,
     random_blur_kernel,
     realesrgan_degrade,
     sinc_kernel,
+    stage_kernel,
 )
 
 
@@ -95,3 +99,62 @@ def test_crops_are_a_function_of_seed_and_index():
     assert a[5].shape == (3, 128, 128)
     sampler = iter(StepSampler(start=2, batch=3, rank=1, world=2))
     assert [next(sampler) for _ in range(6)] == [15, 16, 17, 21, 22, 23]
+
+
+def test_kernel_sizes_are_resshifts(monkeypatch):
+    """blur_kernel_size 21 -> sizes 3..19 in the first stage; blur_kernel_size2 15 -> 3..13 in the
+    second and for the final sinc (range(3, size, 2) in ResShift's dataset)."""
+    sizes = []
+    for name in ("random_blur_kernel", "sinc_kernel"):
+        original = getattr(degradations, name)
+        monkeypatch.setattr(degradations, name, lambda *args, f=original: sizes.append(args[1]) or f(*args))
+
+    def drawn(make) -> set:
+        sizes.clear()
+        for _ in range(400):
+            assert make().shape == (MAX_KERNEL, MAX_KERNEL)
+        return set(sizes)
+
+    config, rng = RealESRGANConfig(), np.random.default_rng(0)
+    assert drawn(lambda: stage_kernel(rng, config.first)) == set(range(3, 21, 2))
+    assert drawn(lambda: stage_kernel(rng, config.second)) == set(range(3, 15, 2))
+    assert drawn(lambda: final_kernel(rng, config)) == set(range(3, 15, 2))
+
+
+def test_second_stage_runs_half_the_time_and_jpeg_only_twice(hr_batch, monkeypatch):
+    """JPEG at the end of stage 1 and once in the final step, never inside stage 2; stage 2 with p 0.5."""
+    stages, jpegs = [], []
+    original_stage, original_jpeg = degradations._stage, degradations.jpeg_roundtrip
+
+    def count_stage(x, stage, *args):
+        stages.append(stage.blur_prob)
+        return original_stage(x, stage, *args)
+
+    def count_jpeg(x, qualities):
+        jpegs.append(1)
+        return original_jpeg(x, qualities)
+
+    monkeypatch.setattr(degradations, "_stage", count_stage)
+    monkeypatch.setattr(degradations, "jpeg_roundtrip", count_jpeg)
+    runs = 40
+    for seed in range(runs):
+        realesrgan_degrade(hr_batch[:2], seed=seed)
+    assert len(jpegs) == 2 * runs
+    second = stages.count(RealESRGANConfig().second.blur_prob)
+    assert 0.3 * runs < second < 0.7 * runs
+
+
+def test_crops_rotate_and_rescale(tmp_path):
+    photo = skimage_photo("astronaut")
+    plain = HRCrops([photo], 64, seed=0, hflip=False)
+    rotated = HRCrops([photo], 64, seed=0, hflip=False, rot=True)
+    assert any(not torch.equal(plain[i], rotated[i]) for i in range(8))
+    whole = HRCrops([photo], 64, seed=0, hflip=False, rescale_gt=True)[0]  # the 512 px photo, area-resized
+    assert torch.allclose(whole, torch.nn.functional.interpolate(torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255,
+                                                                 size=64, mode="area")[0], atol=2 / 255)
+    scaled = HRCrops([photo], 64, seed=0, scale_range=(0.5, 0.5))[0]
+    assert scaled.shape == (3, 64, 64)
+
+
+def test_matplotlibs_photo_is_available():
+    assert skimage_photo("grace_hopper").shape == (600, 512, 3)
