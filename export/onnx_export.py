@@ -135,7 +135,9 @@ def export_stage(
             raise ExportError(f"{stage.name}: ONNX export ({exporter}) failed: {message}") from error
         model = _simplify(model)
         _name_dims(model, stage)
-        set_metadata(model, stage=stage.name, precision="fp32", shape_range=shapes.to_json(), source=pipe.description, exporter=exporter, attention=attention)
+        # scale and prior scale (kappa sqrt(eta_T)): what a server needs besides the graphs' own dims
+        set_metadata(model, stage=stage.name, precision="fp32", shape_range=shapes.to_json(), source=pipe.description, exporter=exporter,
+                     attention=attention, scale=pipe.codec.scale, prior_scale=pipe.schedule.kappa * float(pipe.schedule.sqrt_etas[-1]))
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return path

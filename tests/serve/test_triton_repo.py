@@ -1,24 +1,31 @@
 """Triton model repositories: every config.pbtxt parses with Triton's own protobuf, the
-ensemble's tensors line up end to end, and broken repositories are caught with a clear message."""
+ensemble's tensors line up end to end, broken repositories are caught with a clear message, the
+shapes come from the graphs, and a shared repository loses nothing (even to a kill -9)."""
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
+import onnx
 import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from rsd_deploy.checkpoints import BUNDLED_DIR, DEMO_NAME
-from rsd_deploy.export.onnx_export import graph_signature
+from rsd_deploy.export.onnx_export import export_stage, graph_signature
 from rsd_deploy.export.stages import describe_stages
 from rsd_deploy.export.triton_repo import (
     MANIFEST,
     RepositoryError,
     RepositoryPlan,
+    _locked,
     check_repository,
     main,
+    repository_from_export,
+    staging_folder,
     write_triton_repository,
 )
 
@@ -65,8 +72,11 @@ def test_every_config_parses_with_tritons_protobuf(repository, serve_range):
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
         warmup = config.model_warmup[0]
         assert set(warmup.inputs) == {t.name for t in config.input}
-    assert (out / "README.md").read_text().count("perf_analyzer") == 1
-    assert "tritonserver --model-repository" in (out / "README.md").read_text()
+    readme = (out / "rsd_sr" / "README.md").read_text()  # inside our own model folder: a shared repository's README stays theirs
+    assert readme.count("perf_analyzer") == 1 and "tritonserver --model-repository" in readme
+    for name, config in configs.items():  # bounded queues: under overload Triton refuses instead of piling requests up
+        if name != "rsd_sr":
+            assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
 
 
 def test_stage_models_match_the_stage_descriptions_and_graphs(repository, demo, stage_files):
@@ -179,30 +189,219 @@ def test_tensorrt_repository_uses_plans_gpu_instances_and_cuda_graphs(tmp_path, 
     check_repository(out)
 
 
-def test_refuses_to_overwrite_foreign_directories_and_bad_inputs(tmp_path, plan, stage_files):
-    foreign = tmp_path / "not_a_repo"
-    foreign.mkdir()
-    (foreign / "keep.txt").write_text("user data")
-    with pytest.raises(RepositoryError, match="exists and is not empty"):
-        write_triton_repository(foreign, plan, stage_files)
-    with pytest.raises(RepositoryError, match=f"no {MANIFEST}"):
-        write_triton_repository(foreign, plan, stage_files, overwrite=True)
-    assert (foreign / "keep.txt").read_text() == "user data"
+# --- a shared repository: only our models are ever replaced, each swapped in whole ---------------
+
+IDENTITY_MODEL = "class TritonPythonModel:\n    def execute(self, requests):\n        return []\n"
+
+
+def user_model(repository: Path, name: str) -> dict[str, bytes]:
+    """A model of the user's own in the repository; returns its files' bytes."""
+    folder = repository / name
+    (folder / "1").mkdir(parents=True)
+    (folder / "config.pbtxt").write_text(f'name: "{name}"\nbackend: "python"\nmax_batch_size: 1\n'
+                                         'input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]\n'
+                                         'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]\n')
+    (folder / "1" / "model.py").write_text(IDENTITY_MODEL)
+    return snapshot(folder)
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def one_line(error: BaseException | str) -> str:
+    text = str(error).strip()
+    assert text and "\n" not in text and "Traceback" not in text, text
+    return text
+
+
+def test_rewrite_replaces_only_its_own_models(tmp_path, plan, stage_files, onnx_dir):
+    repository = tmp_path / "models"
+    repository.mkdir()
+    theirs = user_model(repository, "my_detector")  # written before ours: a repository shared from the start
+    (repository / "README.md").write_text("the team's notes")
+    write_triton_repository(repository, plan, stage_files)
+    write_triton_repository(repository, plan, stage_files, backend="python", overwrite=True)
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(repository), "--backend", "python", "--overwrite"]) == 0
+    assert snapshot(repository / "my_detector") == theirs
+    assert (repository / "README.md").read_text() == "the team's notes"
+    assert json.loads((repository / MANIFEST).read_text())["models"] == MODELS
+    configs = parse_all(repository)
+    assert configs["rsd_encoder"].backend == "python" and configs["my_detector"].name == "my_detector"
+    assert not staging_folder(repository.absolute()).exists()
+    check_repository(repository)  # the whole repository, theirs included, still parses and links up
+
+
+def test_refuses_a_model_folder_with_its_name_that_it_did_not_write(tmp_path, plan, stage_files):
+    repository = tmp_path / "models"
+    write_triton_repository(repository, replace(plan, prefix="x4"), stage_files)  # our manifest: the x4_* models
+    user_model(repository, "rsd_encoder")  # the user's, with a name this plan would write
+    before = snapshot(repository)
+    with pytest.raises(RepositoryError) as caught:
+        write_triton_repository(repository, plan, stage_files, overwrite=True)
+    assert one_line(caught.value).startswith(f"{repository.absolute() / 'rsd_encoder'}: a model folder rsd-deploy did not write")
+    assert snapshot(repository) == before
+    # without overwrite our own models are kept too; a folder of other things is fine to write beside
+    with pytest.raises(RepositoryError, match="pass overwrite=True / --overwrite"):
+        write_triton_repository(repository, replace(plan, prefix="x4"), stage_files)
+    assert snapshot(repository) == before
+    other = tmp_path / "not_a_repo"
+    other.mkdir()
+    (other / "keep.txt").write_text("user data")
+    write_triton_repository(other, plan, stage_files)
+    assert (other / "keep.txt").read_text() == "user data" and sorted(parse_all(other)) == MODELS
+
+
+def batching_delays(repository: Path) -> dict[str, int]:
+    return {name: c.dynamic_batching.max_queue_delay_microseconds for name, c in parse_all(repository).items()
+            if name in MODELS and name != "rsd_sr"}
+
+
+def test_a_writer_killed_while_building_leaves_the_repository_as_it_was(tmp_path, plan, stage_files, kill_writer):
+    repository = tmp_path / "models"
+    write_triton_repository(repository, plan, stage_files, backend="python")
+    theirs = user_model(repository, "my_detector")
+    before = snapshot(repository)
+    kill_writer("copyfile", 2, repository)  # the encoder and generator graphs copied
+    assert snapshot(repository) == before  # nothing of the half-built update is visible
+    assert staging_folder(repository).is_dir()
+    write_triton_repository(repository, plan, stage_files, backend="python", overwrite=True, queue_delay_us=5)  # the re-run
+    assert not staging_folder(repository).exists()
+    assert set(batching_delays(repository).values()) == {5} and snapshot(repository / "my_detector") == theirs
+
+
+def test_a_writer_killed_while_swapping_leaves_complete_models_and_a_rerun_finishes(tmp_path, plan, stage_files, onnx_dir, kill_writer, capsys):
+    repository = tmp_path / "models"
+    write_triton_repository(repository, plan, stage_files, backend="python")
+    theirs = user_model(repository, "my_detector")
+    kill_writer("_exchange", 3, repository)  # three of the seven models swapped in
+    delays = batching_delays(repository)
+    assert list(delays.values()).count(kill_writer.delay_us) == 3  # three new, the others old, every folder complete:
+    check_repository(repository)  # configs, model files and the ensemble's tensor flow all hold
+    assert staging_folder(repository).is_dir()
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(repository), "--backend", "python", "--overwrite"]) == 0
+    assert "finished the interrupted update" in capsys.readouterr().err
+    assert set(batching_delays(repository).values()) == {2000} and not staging_folder(repository).exists()
+    assert snapshot(repository / "my_detector") == theirs
+
+
+def test_one_writer_at_a_time(tmp_path, plan, stage_files):
+    repository = tmp_path / "models"
+    repository.mkdir()
+    with _locked(repository.absolute()):
+        with pytest.raises(RepositoryError, match="another rsd-deploy run is writing this repository now"):
+            write_triton_repository(repository, plan, stage_files)
+    assert not any(repository.iterdir())
+
+
+def test_bad_out_folders_are_one_line_exit_2(tmp_path, onnx_dir, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("not a folder")
+    (tmp_path / "real").mkdir()
+    a_link = tmp_path / "link"
+    a_link.symlink_to(tmp_path / "real")
+    for out, message in [(a_file, "exists and is not a folder"), (a_link, "a symbolic link")]:
+        assert main(["--onnx-dir", str(onnx_dir), "--out", str(out)]) == 2
+        assert message in one_line(capsys.readouterr().err)
+    assert a_file.read_text() == "not a folder" and not any((tmp_path / "real").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_unwritable_out_is_one_line_exit_2(tmp_path, onnx_dir, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(locked / "models")]) == 2
+    assert "not writable" in one_line(capsys.readouterr().err)
+
+
+def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, plan, stage_files):
     with pytest.raises(RepositoryError, match="expected an existing .plan file for the encoder stage"):
         write_triton_repository(tmp_path / "trt", plan, stage_files, backend="tensorrt")
     swapped = {**stage_files, "encoder": stage_files["decoder"]}
-    with pytest.raises(RepositoryError, match=r"expected the encoder stage's tensors \['lq_up', 'z_y'\]"):
+    with pytest.raises(RepositoryError, match="given for the encoder stage, but it is the decoder stage's graph"):
         write_triton_repository(tmp_path / "swapped", plan, swapped)
+    assert not (tmp_path / "trt").exists() and not (tmp_path / "swapped").exists()
 
 
-def test_standalone_entry_point(tmp_path, onnx_dir, capsys, serve_range):
+# --- the graphs are the truth ---------------------------------------------------------------------
+
+
+def test_standalone_takes_every_shape_and_constant_from_the_graphs(tmp_path, onnx_dir, demo, stage_files, serve_range):
     out = tmp_path / "models"
-    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--checkpoint", str(BUNDLED_DIR / DEMO_NAME), "--backend", "python"]) == 0
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--backend", "python"]) == 0  # no --checkpoint: the README's command
     configs = check_repository(out)
-    # the shape range recorded in the graphs by rsd-export becomes the repository's limits
+    for stage in ("encoder", "generator", "decoder"):
+        signature = graph_signature(stage_files[stage])
+        graph = {t["name"]: t["shape"] for t in signature["inputs"] + signature["outputs"]}
+        for tensor in [*configs[f"rsd_{stage}"].input, *configs[f"rsd_{stage}"].output]:
+            assert list(tensor.dims) == [graph[tensor.name][1], -1, -1]
+    params = {k: v.string_value for k, v in configs["rsd_preprocess"].parameters.items()}
+    assert (params["latent_channels"], params["noise_channels"], params["scale"]) == (str(demo.codec.latent_channels), "1", "4")
+    prior = float(configs["rsd_prior"].parameters["prior_scale"].string_value)
+    assert prior == pytest.approx(demo.schedule.kappa * float(demo.schedule.sqrt_etas[-1]))
+    # the range rsd-export recorded in the graphs becomes the repository's limits
     assert configs["rsd_sr"].max_batch_size == serve_range.batch[2]
-    assert configs["rsd_preprocess"].parameters["max_lr_height"].string_value == str(serve_range.height[2])
-    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--checkpoint", str(BUNDLED_DIR / DEMO_NAME)]) == 1
-    assert "exists and is not empty" in capsys.readouterr().err
-    assert main(["--onnx-dir", str(onnx_dir), "--out", str(out), "--checkpoint", str(BUNDLED_DIR / DEMO_NAME), "--overwrite"]) == 0
-    shutil.rmtree(out)
+    assert params["max_lr_height"] == str(serve_range.height[2])
+
+
+def test_a_plan_that_does_not_fit_the_graphs_is_refused(tmp_path, micro, serve_range, stage_files):
+    wrong = RepositoryPlan.from_pipeline(micro, serve_range)  # a 3-channel latent beside the demo's 48-channel graphs
+    with pytest.raises(RepositoryError) as caught:
+        write_triton_repository(tmp_path / "models", wrong, stage_files, backend="python")
+    assert one_line(caught.value).startswith(f"{stage_files['encoder']}: the encoder graph's tensors")
+    assert not (tmp_path / "models").exists()
+
+
+def test_export_repository_of_engines_is_checked_against_their_graphs(tmp_path, demo, micro, serve_range, stage_files):
+    # The writer never opens a plan; these bytes stand in for engines built from the graphs.
+    engines = {}
+    for stage in ("encoder", "generator", "decoder"):
+        engines[stage] = tmp_path / f"{stage}.fp32.plan"
+        engines[stage].write_bytes(b"engine bytes")
+    configs, backend = repository_from_export(tmp_path / "models", demo, serve_range, stage_files, engines)
+    assert backend == "tensorrt" and configs["rsd_prior"].input[0].dims == [48, -1, -1]
+    with pytest.raises(RepositoryError) as caught:  # the 3-channel micro pipeline is not what these graphs were exported from
+        repository_from_export(tmp_path / "other", micro, serve_range, stage_files, engines)
+    assert one_line(caught.value).startswith(f"{stage_files['encoder']}: the encoder graph's tensors")
+
+
+def _graphs_with(tmp_path: Path, onnx_dir: Path, encoder: Path) -> Path:
+    folder = tmp_path / "graphs"
+    folder.mkdir()
+    for stage in ("generator", "decoder"):
+        shutil.copy(onnx_dir / f"{stage}.fp32.onnx", folder)
+    shutil.copy(encoder, folder / "encoder.fp32.onnx")
+    return folder
+
+
+def test_graphs_that_do_not_fit_together_are_one_line_exit_2(tmp_path, onnx_dir, micro, serve_range, capsys):
+    other = tmp_path / "micro.onnx"
+    export_stage(describe_stages(micro)["encoder"], micro, other, serve_range)
+    mixed = _graphs_with(tmp_path, onnx_dir, other)
+    assert main(["--onnx-dir", str(mixed), "--out", str(tmp_path / "models")]) == 2
+    assert one_line(capsys.readouterr().err).startswith(f"error: {mixed / 'generator.fp32.onnx'}: rsd_deploy.source")
+
+    old = onnx.load(str(onnx_dir / "encoder.fp32.onnx"))
+    kept = [(p.key, p.value) for p in old.metadata_props if p.key != "rsd_deploy.prior_scale"]
+    del old.metadata_props[:]
+    for key, value in kept:
+        old.metadata_props.add(key=key, value=value)
+    onnx.save(old, str(tmp_path / "old.onnx"))
+    shutil.rmtree(mixed)
+    mixed = _graphs_with(tmp_path, onnx_dir, tmp_path / "old.onnx")
+    assert main(["--onnx-dir", str(mixed), "--out", str(tmp_path / "models")]) == 2
+    assert "encoder.fp32.onnx: no rsd_deploy.prior_scale metadata" in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr-size", "64,64,256"], "must lie inside it"),
+    (["--lr-size", "64,x,128"], "--lr-size: expected MIN,OPT,MAX integers"),
+    (["--batch", "1,2"], "--batch: expected MIN,OPT,MAX integers"),
+    (["--precision", "fp16"], "no encoder.fp16.onnx"),
+    (["--instances", "0"], "instances must be an integer >= 1"),
+])
+def test_standalone_usage_errors_are_one_line_exit_2(tmp_path, onnx_dir, capsys, args, message):
+    assert main(["--onnx-dir", str(onnx_dir), "--out", str(tmp_path / "models"), *args]) == 2
+    assert message in one_line(capsys.readouterr().err)
+    assert not (tmp_path / "models").exists()
