@@ -34,6 +34,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -47,11 +48,17 @@ LOGGER = logging.getLogger(__name__)
 
 
 class RequestError(ValueError):
-    """A request this model cannot serve; its message goes back to the client."""
+    """A request this model refuses: it gets INVALID_ARG (HTTP 400) and this one-line message."""
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
 
 
 class _PythonModel:
-    """Shared plumbing: config parameters, per-request errors that never take the model down."""
+    """Shared plumbing: config parameters, per-request input checks, and per-request errors that
+    never fail the other requests of a dynamic batch."""
 
     def initialize(self, args: dict) -> None:
         import triton_python_backend_utils as pb_utils  # provided by the backend's stub
@@ -64,6 +71,8 @@ class _PythonModel:
         self.output_dtypes = {
             o["name"]: pb_utils.triton_string_to_numpy(o["data_type"]) for o in self.config["output"]
         }
+        self.min_height, self.min_width = int(self.params["min_lr_height"]), int(self.params["min_lr_width"])
+        self.max_height, self.max_width = int(self.params["max_lr_height"]), int(self.params["max_lr_width"])
         self.setup()
 
     def setup(self) -> None:
@@ -78,17 +87,37 @@ class _PythonModel:
             out.append(tensor.as_numpy())
         return out
 
+    def lr_size(self, name: str, array: np.ndarray, scale: int = 1) -> tuple[int, int, int]:
+        """(batch, LR height, LR width) of a (B, C, scale*h, scale*w) stage tensor, refused unless
+        h and w are multiples of 64 inside the exported range. Looks at the shape only."""
+        batch, _, height, width = array.shape  # rank, channels and batch axis as configured: Triton checked them
+        if height % (64 * scale) or width % (64 * scale):
+            raise RequestError(f"{self.name}: {name} is {height}x{width}; expected multiples of {64 * scale}")
+        height, width = height // scale, width // scale
+        if not (self.min_height <= height <= self.max_height and self.min_width <= width <= self.max_width):
+            raise RequestError(f"{self.name}: {name} is {height}x{width} LR pixels, outside the exported "
+                               f"{self.min_height}x{self.min_width} .. {self.max_height}x{self.max_width}")
+        return batch, height, width
+
     def respond(self, outputs: dict[str, np.ndarray]):
         tensors = [self.pb.Tensor(name, np.ascontiguousarray(value, self.output_dtypes[name])) for name, value in outputs.items()]
         return self.pb.InferenceResponse(output_tensors=tensors)
+
+    def refuse(self, error: BaseException):
+        """An error response for one request: INVALID_ARG for a refused request, INTERNAL (logged
+        with its traceback on the server) for anything else; one line either way."""
+        if isinstance(error, RequestError):
+            return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(str(error), self.pb.TritonError.INVALID_ARG))
+        self.pb.Logger.log_error(f"{self.name}: a request failed:\n{traceback.format_exc()}")
+        return self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(f"{self.name}: internal error ({_one_line(error)})"))
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
                 responses.append(self.respond(self.run(request)))
-            except RequestError as error:
-                responses.append(self.pb.InferenceResponse(output_tensors=[], error=self.pb.TritonError(str(error))))
+            except Exception as error:  # this request alone fails: never the rest of the batch
+                responses.append(self.refuse(error))
         return responses
 
     def run(self, request) -> dict[str, np.ndarray]:
@@ -103,45 +132,45 @@ class Preprocess(_PythonModel):
 
     Image b gets the noise of ``SRPipeline(lr_b, seed=SEED[b])``: sample 0 of a
     :class:`NoiseField` seeded with its own seed, so results do not depend on how Triton
-    batches requests. Images larger than the exported range are refused with the limit named.
+    batches requests. Shapes and seeds are checked before any pixel is touched: an image larger
+    than the exported range, an empty one or a negative seed is refused with the limit named.
     """
 
     def setup(self) -> None:
         self.scale = int(self.params["scale"])
         self.latent_channels = int(self.params["latent_channels"])
         self.noise_channels = int(self.params["noise_channels"])
-        self.max_height = int(self.params["max_lr_height"])
-        self.max_width = int(self.params["max_lr_width"])
-        self.min_height = int(self.params["min_lr_height"])
-        self.min_width = int(self.params["min_lr_width"])
         import rsd_deploy.pipeline  # noqa: F401  (torch loads with the model, not on the first request)
 
     def run(self, request) -> dict[str, np.ndarray]:
         import torch
         import torch.nn.functional as F
 
+        from rsd_deploy.export.stages import padded_size
         from rsd_deploy.pipeline import pad_to_multiple
         from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
-        image, seed = self.inputs(request, "IMAGE", "SEED")
+        image, seed = self.inputs(request, "IMAGE", "SEED")  # types, ranks and batch axes as configured: Triton checked them
         batch, height, width, _ = image.shape
-        if height < 1 or width < 1:
+        if batch < 1 or height < 1 or width < 1:
             raise RequestError(f"{self.name}: empty image {height}x{width}")
-        lq = pad_to_multiple(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)
-        padded_h, padded_w = lq.shape[-2:]
-        if padded_h < self.min_height or padded_w < self.min_width:
-            lq = torch.nn.functional.pad(lq, (0, max(0, self.min_width - padded_w), 0, max(0, self.min_height - padded_h)), mode="replicate")
-            padded_h, padded_w = lq.shape[-2:]
+        padded_h, padded_w = max(padded_size(height), self.min_height), max(padded_size(width), self.min_width)
         if padded_h > self.max_height or padded_w > self.max_width:
             raise RequestError(
                 f"{self.name}: image {height}x{width} (padded to {padded_h}x{padded_w}) exceeds the "
                 f"{self.max_height}x{self.max_width} LR pixels this repository was exported for; tile it "
                 "on the client or export a larger shape range"
             )
+        seeds = [int(s) for s in seed[:, 0]]
+        if min(seeds) < 0:
+            raise RequestError(f"{self.name}: SEED must be 0 .. 2^63-1, got {min(seeds)}")
+
+        lq = pad_to_multiple(torch.from_numpy(image).permute(0, 3, 1, 2).float() / 127.5 - 1)
+        if lq.shape[-2:] != (padded_h, padded_w):  # below the exported minimum: replicate up to it
+            lq = F.pad(lq, (0, padded_w - lq.shape[-1], 0, padded_h - lq.shape[-2]), mode="replicate")
 
         def noise(stream: int, channels: int) -> np.ndarray:
-            fields = [NoiseField(int(s)) for s in seed.reshape(batch, -1)[:, 0]]
-            return torch.stack([f.crop(0, stream, channels, 0, 0, padded_h, padded_w) for f in fields]).numpy()
+            return torch.stack([NoiseField(s).crop(0, stream, channels, 0, 0, padded_h, padded_w) for s in seeds]).numpy()
 
         outputs = {
             "lq_up": F.interpolate(lq, scale_factor=self.scale, mode="bicubic").numpy(),
@@ -163,8 +192,9 @@ class PriorSample(_PythonModel):
 
     def run(self, request) -> dict[str, np.ndarray]:
         z_y, eps = self.inputs(request, "z_y", "eps")
+        self.lr_size("z_y", z_y)
         if z_y.shape != eps.shape:
-            raise RequestError(f"{self.name}: z_y {z_y.shape} and eps {eps.shape} differ")
+            raise RequestError(f"{self.name}: z_y {list(z_y.shape)} and eps {list(eps.shape)} differ")
         return {"x_t": z_y + self.prior_scale * eps}
 
 
@@ -177,8 +207,13 @@ class Postprocess(_PythonModel):
 
     def run(self, request) -> dict[str, np.ndarray]:
         hr, lr_size = self.inputs(request, "hr", "lr_size")
-        height, width = (int(v) * self.scale for v in lr_size.reshape(-1, 2)[0])
-        image = np.clip((hr[:, :, :height, :width] + 1) / 2, 0, 1)
+        batch, padded_h, padded_w = self.lr_size("hr", hr, self.scale)
+        if (lr_size != lr_size[:1]).any():
+            raise RequestError(f"{self.name}: lr_size must be one size per request, got {lr_size.tolist()}")
+        height, width = (int(v) for v in lr_size[0])
+        if not (0 < height <= padded_h and 0 < width <= padded_w):
+            raise RequestError(f"{self.name}: lr_size {height}x{width} does not fit the {padded_h}x{padded_w} LR image")
+        image = np.clip((hr[:, :, : height * self.scale, : width * self.scale] + 1) / 2, 0, 1)
         return {"HR_IMAGE": np.rint(image.transpose(0, 2, 3, 1) * 255).astype(np.uint8)}
 
 
@@ -186,7 +221,9 @@ class OnnxRuntimeStage(_PythonModel):
     """One exported stage (``model.onnx`` beside ``model.py``) in an ONNX Runtime session.
 
     Requests whose inputs have the same shapes run as one batch, so the dynamic batcher in
-    front of this model pays off as it does for the ``onnxruntime_onnx`` backend."""
+    front of this model pays off as it does for the ``onnxruntime_onnx`` backend. Each request's
+    inputs are checked on their own first; if a batch still fails, its requests are run one by
+    one, so only the one that cannot run gets an error."""
 
     def setup(self) -> None:
         import onnxruntime as ort
@@ -197,24 +234,45 @@ class OnnxRuntimeStage(_PythonModel):
         self.session = ort.InferenceSession(str(self.model_dir / "model.onnx"), options, providers=providers)
         self.input_names = [i["name"] for i in self.config["input"]]
         self.output_names = [o["name"] for o in self.config["output"]]
+        self.input_scales = json.loads(self.params["input_scales"])
+
+    def feed(self, request) -> dict[str, np.ndarray]:
+        feed = dict(zip(self.input_names, self.inputs(request, *self.input_names)))
+        sizes = {name: self.lr_size(name, value, self.input_scales[name]) for name, value in feed.items()}
+        if len(set(sizes.values())) > 1:
+            raise RequestError(f"{self.name}: inputs disagree on (batch, LR height, LR width): {sizes}")
+        return feed
 
     def execute(self, requests):
-        groups: dict[tuple, list[int]] = {}
-        feeds = []
+        responses: list = [None] * len(requests)
+        feeds, groups = {}, {}
         for index, request in enumerate(requests):
-            feed = dict(zip(self.input_names, self.inputs(request, *self.input_names)))
-            feeds.append(feed)
-            groups.setdefault(tuple(v.shape for v in feed.values()), []).append(index)
-        responses = [None] * len(requests)
+            try:
+                feeds[index] = self.feed(request)
+            except Exception as error:
+                responses[index] = self.refuse(error)
+                continue
+            groups.setdefault(tuple(v.shape for v in feeds[index].values()), []).append(index)
         for members in groups.values():
+            self._run(members, feeds, responses)
+        return responses
+
+    def _run(self, members: list[int], feeds: dict, responses: list) -> None:
+        try:
             batched = {name: np.concatenate([feeds[i][name] for i in members]) for name in self.input_names}
             outputs = self.session.run(self.output_names, batched)
-            start = 0
-            for i in members:
-                size = next(iter(feeds[i].values())).shape[0]
-                responses[i] = self.respond({n: o[start : start + size] for n, o in zip(self.output_names, outputs)})
-                start += size
-        return responses
+        except Exception as error:
+            if len(members) == 1:
+                responses[members[0]] = self.refuse(error)
+            else:  # find the request that fails: the others are answered
+                for index in members:
+                    self._run([index], feeds, responses)
+            return
+        start = 0
+        for i in members:
+            size = next(iter(feeds[i].values())).shape[0]
+            responses[i] = self.respond({n: o[start : start + size] for n, o in zip(self.output_names, outputs)})
+            start += size
 
 
 # --- a tritonserver process on loopback ---------------------------------------------------------
@@ -375,6 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     args = parser.parse_args(argv)
+    if not args.repository.is_dir() or not any(args.repository.glob("*/config.pbtxt")):
+        print(f"error: {args.repository}: not a Triton model repository (no */config.pbtxt)", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         with triton_server(args.repository, args.host, args.http_port, args.grpc_port) as endpoints:

@@ -1,6 +1,8 @@
 """A real tritonserver on loopback serving the one-step pipeline (ONNX Runtime on the CPU inside
 python-backend models), hit with tritonclient over HTTP and gRPC: same images as the in-process
-pipeline, concurrent requests, bad requests refused with a clear error while serving goes on."""
+pipeline, concurrent requests, bad requests refused on their own (INVALID_ARG / HTTP 400, one line)
+while the good requests batched with them are answered, and a repository left by a killed writer
+that still loads."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import concurrent.futures
 import contextlib
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 import tritonclient.grpc as grpcclient
@@ -19,29 +22,7 @@ from rsd_deploy.export.triton_repo import RepositoryPlan, write_triton_repositor
 
 MODEL = "rsd_sr"
 TIMEOUT_S = 120  # per request: the tiny model answers in well under a second
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo, serve_range, stage_files):
-    """The server for this module; always stopped at teardown, even when a test fails."""
-    repository = tmp_path_factory.mktemp("served") / "models"
-    write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, serve_range), stage_files, backend="python")
-    with triton_server(repository) as endpoints:
-        yield endpoints
-
-
-@pytest.fixture
-def http(server):
-    client = httpclient.InferenceServerClient(server.http, concurrency=4, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def grpc(server):
-    client = grpcclient.InferenceServerClient(server.grpc)
-    yield client
-    client.close()
+BATCH_WINDOW_US = 20_000  # each model waits this long to batch: requests sent together run together
 
 
 def photo(height: int, width: int, offset: int = 0) -> np.ndarray:
@@ -70,6 +51,43 @@ def assert_close(served: np.ndarray, reference: np.ndarray) -> None:
     assert served.shape == reference.shape and served.dtype == np.uint8
     difference = np.abs(served.astype(np.int16) - reference.astype(np.int16))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
+
+
+def test_a_repository_left_by_a_writer_killed_mid_swap_loads_and_serves(tmp_path, demo, serve_range, stage_files, kill_writer):
+    """First in this module, so that its server is the only one running."""
+    repository = tmp_path / "models"
+    write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, serve_range), stage_files, backend="python")
+    kill_writer("_exchange", 3, repository)  # killed with three of the seven models swapped in
+    with triton_server(repository) as endpoints:
+        client = grpcclient.InferenceServerClient(endpoints.grpc)
+        image = photo(64, 64)
+        served = client.infer(MODEL, request(grpcclient, image[None], [3]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")
+        client.close()
+    assert_close(served[0], expected(demo, image, 3))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, demo, serve_range, stage_files):
+    """The server for this module; always stopped at teardown, even when a test fails."""
+    repository = tmp_path_factory.mktemp("served") / "models"
+    write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, serve_range), stage_files, backend="python",
+                            queue_delay_us=BATCH_WINDOW_US)
+    with triton_server(repository) as endpoints:
+        yield endpoints
+
+
+@pytest.fixture
+def http(server):
+    client = httpclient.InferenceServerClient(server.http, concurrency=4, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def grpc(server):
+    client = grpcclient.InferenceServerClient(server.grpc)
+    yield client
+    client.close()
 
 
 def test_http_matches_the_in_process_pipeline(http, demo):
@@ -151,6 +169,102 @@ def test_bad_requests_are_refused_and_the_server_keeps_serving(http, grpc, demo,
     assert http.is_server_live() and http.is_model_ready(MODEL)
     served = grpc.infer(MODEL, request(grpcclient, small[None], [11]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")
     assert_close(served[0], expected(demo, small, 11))
+
+
+def refused_with_400(call) -> str:
+    """The one-line message of a request refused as a bad request (HTTP 400 / gRPC INVALID_ARGUMENT)."""
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    error = caught.value
+    assert error.status() in ("400", "StatusCode.INVALID_ARGUMENT"), str(error)
+    assert "\n" not in error.message() and "Traceback" not in error.message(), error.message()
+    return error.message()
+
+
+def executions(client, model: str) -> tuple[int, int]:
+    """(requests, executions) of a model so far: fewer executions than requests means batches."""
+    stats = client.get_inference_statistics(model).model_stats[0]
+    return stats.inference_count, stats.execution_count
+
+
+def test_a_bad_request_never_fails_the_good_ones_batched_with_it(grpc, demo):
+    good = [(photo(64, 64, offset=8 * i), 200 + i) for i in range(4)]
+    references = [expected(demo, image, seed) for image, seed in good]
+    bad = [
+        (photo(64, 64), -1, "SEED must be 0 .. 2^63-1, got -1"),
+        (photo(64, 64), int(np.iinfo(np.int64).min), "SEED must be 0 .. 2^63-1"),
+        (np.zeros((0, 0, 3), np.uint8), 0, "empty image 0x0"),
+        (np.zeros((4096, 4096, 3), np.uint8), 0, "image 4096x4096 (padded to 4096x4096) exceeds"),
+    ]
+    jobs = [("good", i) for i in range(len(good))] * 3
+    for index in range(len(bad)):  # the bad ones among the good ones, so they share batches
+        jobs.insert(3 * index + 1, ("bad", index))
+    before = executions(grpc, "rsd_preprocess")
+
+    def call(job):
+        kind, index = job
+        image, seed = (good[index] if kind == "good" else bad[index][:2])
+        return grpc.infer(MODEL, request(grpcclient, image[None], [seed]), client_timeout=TIMEOUT_S)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        futures = [(job, pool.submit(call, job)) for job in jobs]
+        for (kind, index), future in futures:
+            if kind == "good":
+                assert_close(future.result(timeout=4 * TIMEOUT_S).as_numpy("HR_IMAGE")[0], references[index])
+            else:
+                assert bad[index][2] in refused_with_400(lambda: future.result(timeout=4 * TIMEOUT_S))
+    requests, runs = (after - start for after, start in zip(executions(grpc, "rsd_preprocess"), before))
+    assert requests == len(jobs) and runs < requests  # every request reached the model, in batches: bad ones among good
+
+
+def infer(client, model: str, tensors: dict[str, np.ndarray]):
+    inputs = []
+    for name, array in tensors.items():
+        inputs.append(grpcclient.InferInput(name, list(array.shape), "INT32" if array.dtype == np.int32 else "FP32"))
+        inputs[-1].set_data_from_numpy(array)
+    return client.infer(model, inputs, client_timeout=TIMEOUT_S)
+
+
+def test_inner_models_refuse_bad_tensors_alone(grpc, stage_files):
+    """The stage and python models check every request's tensors; a request ONNX Runtime would
+    fail on never takes down the batch it came in."""
+    rng = np.random.default_rng(0)
+
+    def generator_inputs(size: int, lq_size: int | None = None) -> dict[str, np.ndarray]:
+        lq_size = lq_size or size
+        return {"x_t": rng.standard_normal((1, 48, size, size), np.float32), "lq": rng.uniform(-1, 1, (1, 3, lq_size, lq_size)).astype(np.float32),
+                "noise_map": rng.standard_normal((1, 1, size, size), np.float32)}
+
+    good = [generator_inputs(64) for _ in range(3)]
+    bad = [(generator_inputs(64, lq_size=128), "inputs disagree"), (generator_inputs(192), "outside the exported")]
+    session = ort.InferenceSession(str(stage_files["generator"]), providers=["CPUExecutionProvider"])
+    references = [session.run(["x0"], feeds)[0] for feeds in good]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=5) as pool:
+        good_futures = [pool.submit(infer, grpc, "rsd_generator", feeds) for feeds in good]
+        bad_futures = [(pool.submit(infer, grpc, "rsd_generator", feeds), message) for feeds, message in bad]
+        for future, reference in zip(good_futures, references):
+            np.testing.assert_allclose(future.result(timeout=4 * TIMEOUT_S).as_numpy("x0"), reference, atol=1e-4)
+        for future, message in bad_futures:
+            assert message in refused_with_400(lambda: future.result(timeout=4 * TIMEOUT_S))
+
+    latent = rng.standard_normal((1, 48, 64, 64), np.float32)
+    wide = rng.standard_normal((1, 48, 64, 128), np.float32)
+    assert "z_y [1, 48, 64, 64] and eps [1, 48, 64, 128] differ" in refused_with_400(lambda: infer(grpc, "rsd_prior", {"z_y": latent, "eps": wide}))
+    hr = rng.uniform(-1, 1, (1, 3, 256, 256)).astype(np.float32)
+    assert "does not fit the 64x64 LR image" in refused_with_400(
+        lambda: infer(grpc, "rsd_postprocess", {"hr": hr, "lr_size": np.array([[100, 60]], np.int32)}))
+    assert "expected multiples of 256" in refused_with_400(
+        lambda: infer(grpc, "rsd_postprocess", {"hr": hr[:, :, :100], "lr_size": np.array([[20, 60]], np.int32)}))
+
+
+def test_http_bad_requests_are_400_with_one_line(http):
+    for image, seed, message in [(np.zeros((0, 0, 3), np.uint8), 0, "empty image"),
+                                 (np.zeros((4096, 4096, 3), np.uint8), 0, "exceeds the 128x128 LR pixels"),
+                                 (photo(64, 64), -1, "SEED must be 0 .. 2^63-1, got -1")]:
+        assert message in refused_with_400(lambda: http.infer(MODEL, request(httpclient, image[None], [seed]), timeout=TIMEOUT_S))
+    images = np.stack([photo(64, 64)] * 2)  # Triton checks this one itself
+    assert "batch size does not match other inputs" in refused_with_400(
+        lambda: http.infer(MODEL, request(httpclient, images, [1]), timeout=TIMEOUT_S))
 
 
 def test_server_start_failure_is_loud(tmp_path):
