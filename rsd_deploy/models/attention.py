@@ -41,73 +41,82 @@ class WindowAttentionFn(Protocol):
     ) -> torch.Tensor: ...
 
 
-def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B * nWindows, window * window, C), windows in row-major order."""
-    b, c, h, w = x.shape
-    x = x.view(b, c, h // window, window, w // window, window)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(-1, window * window, c)
+def to_windows(qkv: torch.Tensor, window: int, num_heads: int) -> torch.Tensor:
+    """(B, 3C, H, W) -> (3, B, nH, nW, heads, N, d): q, k and v of every window, windows in
+    row-major order, tokens row-major inside a window (N = window^2, d = C / heads).
+
+    Windows keep their own axes instead of being folded into the batch, so every reshape is of
+    sizes read from the input or constants: exported graphs never divide one runtime size by
+    another, and TensorRT never has to guess whether a reshape dimension is zero."""
+    b, c3, h, w = qkv.shape
+    x = qkv.reshape(b, 3, num_heads, c3 // 3 // num_heads, h // window, window, w // window, window)
+    x = x.permute(1, 0, 4, 6, 2, 5, 7, 3)  # (3, B, nH, nW, heads, wy, wx, d)
+    return x.reshape(3, b, h // window, w // window, num_heads, window * window, c3 // 3 // num_heads)
 
 
-def window_reverse(windows: torch.Tensor, window: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: (B * nWindows, window * window, C) -> (B, C, H, W)."""
-    c = windows.shape[-1]
-    b = windows.shape[0] // ((h // window) * (w // window))
-    x = windows.view(b, h // window, w // window, window, window, c)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(b, c, h, w)
+def from_windows(out: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """Inverse of :func:`to_windows` for one tensor: (B, nH, nW, heads, N, d) -> ``shape``
+    (B, C, H, W)."""
+    b, c, h, w = shape
+    n_h, n_w, heads, n, d = out.shape[1:]
+    window = h // n_h
+    x = out.reshape(b, n_h, n_w, heads, window, window, d).permute(0, 3, 6, 1, 4, 2, 5)  # (B, heads, d, nH, wy, nW, wx)
+    return x.reshape(b, c, h, w)
 
 
-def _shift_mask(h: int, w: int, window: int, shift: int, device: torch.device | None) -> torch.Tensor:
-    # Two quirks of the official calculate_mask, kept exactly:
-    # 1. The mask image is (1, 1, H, W) but indexed as if it were (1, H, W, 1): the "height"
-    #    slices hit the singleton channel axis (only the last is non-empty) and the "width"
-    #    slices label rows. So regions differ by row only; width wrap-around is never masked.
-    # 2. The partitioned mask windows are permuted (nW, ws, ws, 1) -> (nW, ws, 1, ws) before
-    #    flattening, so tokens are numbered column-major: token i gets the label of row i % ws.
-    # Written with tensor ops on the runtime size so that export keeps H and W symbolic.
+def row_shift_mask(h: int, window: int, shift: int, device: torch.device | None = None) -> torch.Tensor:
+    """The official shifted-window mask of each row of windows: (nH, N, N) float32, 0 / -100.
+
+    Two quirks of the official ``calculate_mask``, kept exactly:
+    1. The mask image is (1, 1, H, W) but indexed as if it were (1, H, W, 1): the "height"
+       slices hit the singleton channel axis (only the last is non-empty) and the "width"
+       slices label rows. So regions differ by row only (the mask is the same for every window
+       of a row of windows) and width wrap-around is never masked.
+    2. The partitioned mask windows are permuted (nW, ws, ws, 1) -> (nW, ws, 1, ws) before
+       flattening, so tokens are numbered column-major: token t gets the label of row t % ws.
+    Integer ops on the runtime height only, so an exported graph keeps H symbolic and no float
+    op ever feeds a shape.
+    """
     rows = torch.arange(h, device=device)
-    region = (rows >= h - window).float() + (rows >= h - shift).float()
-    region = region.view(1, 1, h, 1).expand(1, 1, h, w).contiguous()
-    ids = window_partition(region, window).view(-1, window, window).transpose(1, 2).reshape(-1, window * window)
-    diff = ids[:, None, :] - ids[:, :, None]
-    return torch.where(diff != 0, MASK_VALUE, 0.0)
+    labels = (rows >= h - window).long() + (rows >= h - shift).long()
+    token_rows = torch.arange(window * window, device=device) % window
+    labels = labels.reshape(-1, window)[:, token_rows]  # (nH, N)
+    return torch.where(labels[:, :, None] != labels[:, None, :], MASK_VALUE, 0.0)
 
 
-_cached_shift_mask = functools.lru_cache(maxsize=64)(_shift_mask)
+_cached_row_shift_mask = functools.lru_cache(maxsize=64)(row_shift_mask)
+
+
+def _row_mask(h: int, window: int, shift: int, device: torch.device) -> torch.Tensor:
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        return row_shift_mask(h, window, shift, device)
+    return _cached_row_shift_mask(h, window, shift, device)
 
 
 def shift_mask(h: int, w: int, window: int, shift: int, device: torch.device | None = None) -> torch.Tensor:
-    """The official shifted-window mask, (nW, N, N) float32 with 0 / -100 entries."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
-        return _shift_mask(h, w, window, shift, device)
+    """The official shifted-window mask per window, (nW, N, N) float32 with 0 / -100 entries
+    (the layout of the checkpoints' ``attn_mask`` buffers)."""
     # key the cache on the actual device: None under `with torch.device("meta")` is not None on CPU
-    return _cached_shift_mask(h, w, window, shift, torch.device(device) if device is not None else torch.get_default_device())
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    return _row_mask(h, window, shift, device).repeat_interleave(w // window, dim=0)
 
 
 def reference_window_attention(
     qkv: torch.Tensor, bias: torch.Tensor, *, num_heads: int, window: int, shift: int, scale: float
 ) -> torch.Tensor:
-    """Op-for-op the official ResShift window attention (without the qkv / output projections).
+    """Op for op the official ResShift window attention (without the qkv / output projections):
+    roll, partition, ``(q * scale) @ k^T + bias (+ mask)``, softmax, ``@ v``, reverse, roll back.
 
     qkv: (B, 3C, H, W); bias: (heads, N, N) relative position bias. Returns (B, C, H, W).
     """
     b, c3, h, w = qkv.shape
-    c = c3 // 3
-    n = window * window
     if shift:
         qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(2, 3))
-    tokens = window_partition(qkv, window)  # (B*nW, N, 3C)
-    heads = tokens.reshape(-1, n, 3, num_heads, c // num_heads).permute(2, 0, 3, 1, 4)
-    q, k, v = heads[0], heads[1], heads[2]  # (B*nW, heads, N, d)
-    attn = (q * scale) @ k.transpose(-2, -1)
-    attn = attn + bias.unsqueeze(0).to(attn.dtype)
-    if shift:
-        mask = shift_mask(h, w, window, shift, attn.device).to(attn.dtype)
-        n_windows = mask.shape[0]
-        attn = attn.view(-1, n_windows, num_heads, n, n) + mask.unsqueeze(1).unsqueeze(0)
-        attn = attn.view(-1, num_heads, n, n)
-    attn = attn.softmax(dim=-1)
-    out = (attn @ v).transpose(1, 2).reshape(-1, n, c)
-    out = window_reverse(out, window, h, w)
+    q, k, v = to_windows(qkv, window, num_heads)  # (B, nH, nW, heads, N, d)
+    attn = (q * scale) @ k.transpose(-2, -1) + bias.to(q.dtype)
+    if shift:  # one mask per row of windows, broadcast over the batch, the columns and the heads
+        attn = attn + _row_mask(h, window, shift, attn.device).to(attn.dtype)[:, None, None]
+    out = from_windows(attn.softmax(dim=-1) @ v, (b, c3 // 3, h, w))
     if shift:
         out = torch.roll(out, shifts=(shift, shift), dims=(2, 3))
     return out
@@ -118,27 +127,25 @@ def sdpa_window_attention(
 ) -> torch.Tensor:
     """The same function through ``scaled_dot_product_attention`` with an additive float mask.
 
-    Windows are folded into the head axis, (B, nW * heads, N, d), so one (nW * heads, N, N)
-    bias + mask broadcasts over the batch instead of being repeated per image.
+    SDPA's fast kernels take 4-D tensors: unshifted blocks fold the windows into the batch and
+    share one (heads, N, N) bias; shifted ones fold them into the heads, (B, nW * heads, N, d),
+    so one (nW * heads, N, N) bias + mask broadcasts over the batch instead of per image.
     """
     b, c3, h, w = qkv.shape
-    c = c3 // 3
     n = window * window
-    n_windows = (h // window) * (w // window)
     if shift:
         qkv = torch.roll(qkv, shifts=(-shift, -shift), dims=(2, 3))
-    tokens = window_partition(qkv, window)  # (B*nW, N, 3C)
-    heads = tokens.reshape(b, n_windows, n, 3, num_heads, c // num_heads).permute(3, 0, 1, 4, 2, 5)
-    if shift:  # the mask differs per window: one (nW * heads, N, N) mask shared across the batch
-        q, k, v = (t.reshape(b, n_windows * num_heads, n, c // num_heads) for t in heads)
-        additive = bias.to(q.dtype).unsqueeze(0) + shift_mask(h, w, window, shift, q.device).to(q.dtype).unsqueeze(1)
-        additive = additive.reshape(1, n_windows * num_heads, n, n)
-    else:  # the bias alone broadcasts over every window without a copy
-        q, k, v = (t.reshape(b * n_windows, num_heads, n, c // num_heads) for t in heads)
+    q, k, v = to_windows(qkv, window, num_heads)  # (B, nH, nW, heads, N, d)
+    n_h, n_w, d = q.shape[1], q.shape[2], q.shape[-1]
+    if shift:
+        mask = _row_mask(h, window, shift, q.device).to(q.dtype)[:, None, None]  # (nH, 1, 1, N, N)
+        additive = (bias.to(q.dtype) + mask).expand(n_h, n_w, num_heads, n, n).reshape(1, -1, n, n)
+        q, k, v = (t.reshape(b, n_h * n_w * num_heads, n, d) for t in (q, k, v))
+    else:
         additive = bias.to(q.dtype).unsqueeze(0)
+        q, k, v = (t.reshape(b * n_h * n_w, num_heads, n, d) for t in (q, k, v))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=additive, scale=scale)
-    out = out.view(b, n_windows, num_heads, n, c // num_heads).permute(0, 1, 3, 2, 4).reshape(-1, n, c)
-    out = window_reverse(out, window, h, w)
+    out = from_windows(out.reshape(b, n_h, n_w, num_heads, n, d), (b, c3 // 3, h, w))
     if shift:
         out = torch.roll(out, shifts=(shift, shift), dims=(2, 3))
     return out
