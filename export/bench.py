@@ -333,8 +333,10 @@ def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], 
         from . import tensorrt as trt_tools
         from .onnx_export import read_metadata
 
-        usable, reason = trt_tools.tensorrt_status()
-        if not usable:
+        if trt_tools.local_gpu() is None:
+            raise Unavailable("running TensorRT engines needs a CUDA GPU")
+        target, reason = trt_tools.resolve_target("auto")
+        if target is None:
             raise Unavailable(reason)
         directory = ctx.plugin_onnx_dir if plugin else ctx.onnx_dir
         if directory is None:
@@ -350,13 +352,15 @@ def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], 
             attention = read_metadata(graph).get("attention", "reference")
             if attention != ("plugin" if plugin else "reference"):
                 raise Unavailable(f"{graph} was exported with --attention {attention}")
-            engine, _ = trt_tools.cached_engine(graph, stages[name], precision, ctx.shape_range, cache)
-            runners[name] = trt_tools.EngineRunner(engine)
+            record = trt_tools.cached_engine(graph, stages[name], precision, ctx.shape_range, cache, target)
+            if not record.ok:
+                raise Unavailable(f"the {name} engine did not build: {record.error}")
+            runners[name] = trt_tools.EngineRunner(record.engine, target.flavour)
 
         def run(stage: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
             return next(iter(runners[stage](feeds).values()))
 
-        return Runner(run, torch.device("cuda"), notes=f"engines in {cache}")
+        return Runner(run, torch.device("cuda"), notes=f"{target.label} engines in {cache}")
 
     return prepare
 

@@ -63,11 +63,23 @@ def markdown(report: dict) -> str:
     if report.get("calibration"):
         cal = report["calibration"]
         lines += ["", "## Calibration set", "", f"{cal['source']}: {cal['count']} crops, LR {cal['lr_size']}."]
-    lines += ["", "## TensorRT", "", report["tensorrt"]["status"], ""]
-    for item in report["tensorrt"].get("engines", []):
-        lines.append(f"- {item['stage']}: `{item.get('engine', '-')}` " + json.dumps({k: v for k, v in item.items() if k not in ('stage', 'engine', 'trtexec', 'polygraphy')}, default=_json_default))
-    for item in report["tensorrt"].get("commands", []):
+    trt = report["tensorrt"]
+    lines += ["", "## TensorRT", "", trt["status"] + ".", ""]
+    if trt.get("engines"):
+        lines += [f"Engines run on {trt['runs_on']}.", "",
+                  "| stage | precision | engine | size (MB) | network layers | build (s) | warnings | target | vs ONNX Runtime |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for e in trt["engines"]:
+            state = ("built" if e["built_now"] else "cached") if e["error"] is None else f"FAILED: {e['error']}"
+            comparison = e.get("comparison", "-")
+            if isinstance(comparison, dict):
+                comparison = ("passed" if comparison["passed"] else "FAILED") + f" (median excess error {_fmt(comparison['median_excess_error'])})"
+            lines.append(f"| {e['stage']} | {e['precision']} | {state} | {_fmt(e['bytes'] / 1e6) if e['bytes'] else '-'} | "
+                         f"{_fmt(e['network_layers'])} | {_fmt(e['build_seconds'])} | {_fmt(e['warnings'])} | {e['target']} | {comparison} |")
+    for item in trt.get("commands", []):
         lines += [f"- {item['stage']}:", "", "  ```", f"  {item['trtexec']}", f"  {item['polygraphy']}", "  ```"]
+    if report.get("failures"):
+        lines += ["", "## Failed checks", ""] + [f"- {failure}" for failure in report["failures"]]
     lines += ["", f"Total time: {report['total_seconds']:.1f} s on {report['host']}.", ""]
     return "\n".join(lines)
 

@@ -22,6 +22,7 @@ machines without TensorRT or a GPU too.
 from __future__ import annotations
 
 import ctypes
+import importlib
 import re
 from dataclasses import dataclass
 
@@ -144,25 +145,30 @@ def compile_kernel(
     return AotKernel(name=md.name, ptx=ptx, num_warps=md.num_warps, shared=md.shared)
 
 
-_REGISTERED = False
+_REGISTERED: set[str] = set()
 
 
-def register() -> None:
-    """Register the plugin with TensorRT (idempotent)."""
-    global _REGISTERED
-    if _REGISTERED:
+def register(module: str = "tensorrt") -> None:
+    """Register the plugin with TensorRT (``module``: ``tensorrt``, or ``tensorrt_rtx`` for
+    TensorRT for RTX); idempotent per module."""
+    if module in _REGISTERED:
         return
     try:
-        import tensorrt as trt
-        import tensorrt.plugin as trtp
+        trt = importlib.import_module(module)
+        trtp = importlib.import_module(f"{module}.plugin")
     except ImportError as exc:
+        if module == "tensorrt":
+            raise ImportError(
+                "the window-attention TensorRT plugin needs TensorRT >= 10.9 with its Python package "
+                "(`tensorrt`, providing `tensorrt.plugin`); install it from NVIDIA's index "
+                "(pip install tensorrt --extra-index-url https://pypi.nvidia.com) on a machine with a GPU"
+            ) from exc
         raise ImportError(
-            "the window-attention TensorRT plugin needs TensorRT >= 10.9 with its Python package "
-            "(`tensorrt`, providing `tensorrt.plugin`); install it from NVIDIA's index "
-            "(pip install tensorrt --extra-index-url https://pypi.nvidia.com) on a machine with a GPU"
+            f"{module} has no quickly deployable plugin API here ({type(exc).__name__}: {exc}); "
+            "the window-attention plugin needs `tensorrt.plugin` (TensorRT >= 10.9), see docs/kernels.md"
         ) from exc
     _define(trt, trtp)
-    _REGISTERED = True
+    _REGISTERED.add(module)
 
 
 def _define(trt, trtp) -> None:

@@ -1,0 +1,369 @@
+"""The library behind ``rsd-export``: :func:`export_all` (pipeline + :class:`ExportOptions` ->
+:class:`ExportReport`).
+
+One run, in order: fp32 ONNX graphs of the chosen stages, each proven against PyTorch on random
+inputs and on a real photo; the reduced-precision graphs (fp16 casts or calibrated INT8 Q/DQ)
+with their quality against the fp32 pipeline; TensorRT engines (TensorRT 10/11 or TensorRT for
+RTX, see :mod:`.tensorrt`); optionally a Triton model repository. Every check that fails is
+listed in :attr:`ExportReport.failures`; the caller decides the exit code.
+
+The output folder holds one set at a time: an ``INCOMPLETE`` marker is written before the first
+artifact and removed only after ``report.json`` (the list of this set's files) is written, so a
+failed or killed run leaves a folder that says it is incomplete (:func:`check_complete`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rsd_deploy.atomic import atomic_path
+from rsd_deploy.distill.losses import LPIPSLoss
+from rsd_deploy.pipeline import SRPipeline
+
+from . import calibration as calib
+from . import tensorrt as trt_tools
+from .onnx_export import ATTENTION_MODES, EXPORTERS, export_stage, graph_signature
+from .parity import lpips_distance, providers, psnr, stage_parity, upscale_onnx
+from .precision import CALIBRATION_METHODS, PRECISIONS, convert_fp16, quantize_int8
+from .report import write_report
+from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs_from_images
+
+FP32_PARITY_TARGET = 1e-4
+ENGINE_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 1e-1}  # engine vs ONNX Runtime, same graph
+INCOMPLETE_MARKER = "INCOMPLETE"
+CROP_MULTIPLE = 4 * 64  # HR crops whose LR side is a multiple of 64
+
+
+class OptionError(ValueError):
+    """An option or path that cannot work, found before anything is exported; one line."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    precision: str = "fp16"
+    stages: tuple[str, ...] = CHAINED_STAGES
+    shapes: ShapeRange = field(default_factory=ShapeRange)
+    out: Path = Path("rsd-export")
+    exporter: str = "torchscript"
+    attention: str = "reference"
+    seed: int = 0
+    calib_dir: Path | None = None
+    calib_count: int = 8
+    eval_count: int = 2
+    crop: int | None = None  # HR crop size; default 4x the LR opt size
+    int8_method: str = "entropy"
+    int8_high_precision: str = "fp32"
+    engine: str = "auto"  # one of tensorrt.ENGINE_CHOICES
+    compute_capabilities: tuple[str, ...] | None = None  # TensorRT-RTX ahead-of-time targets
+    opt_level: int | None = None
+    engine_cache: Path | None = None  # default OUT/engines
+    triton_repo: Path | None = None
+
+    @property
+    def hr_crop(self) -> int:
+        return self.crop or 4 * max(self.shapes.height[1], self.shapes.width[1])
+
+    @property
+    def engine_dir(self) -> Path:
+        return self.engine_cache or self.out / "engines"
+
+    def validate(self) -> None:
+        """Every option and path checked before the model is loaded or anything exported."""
+        if self.precision not in PRECISIONS:
+            raise OptionError(f"--precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        unknown = [s for s in self.stages if s not in STAGE_NAMES]
+        if unknown or not self.stages:
+            raise OptionError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)} or 'all'")
+        if self.exporter not in EXPORTERS:
+            raise OptionError(f"--exporter: expected one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise OptionError(f"--attention: expected one of {', '.join(ATTENTION_MODES)}, got {self.attention!r}")
+        if self.attention == "plugin" and self.precision != "fp32":
+            raise OptionError("--attention plugin: fp16/INT8 conversion runs the graph in ONNX Runtime, which has no "
+                              "plugin kernel; use --precision fp32 (strongly typed TensorRT builds it as fp32)")
+        if self.seed < 0:
+            raise OptionError(f"--seed: expected a non-negative integer, got {self.seed}")
+        if self.precision != "fp32":
+            if self.calib_count < 1:
+                raise OptionError(f"--calib-count: expected at least 1, got {self.calib_count}")
+            if self.eval_count < 1:
+                raise OptionError(f"--eval-count: expected at least 1, got {self.eval_count}")
+            if self.int8_method not in CALIBRATION_METHODS:
+                raise OptionError(f"--int8-method: expected one of {', '.join(CALIBRATION_METHODS)}, got {self.int8_method!r}")
+            if self.calib_dir is not None and not self.calib_dir.is_dir():
+                raise OptionError(f"--calib-dir: {self.calib_dir} is not a folder")
+        if self.crop is not None and (self.crop <= 0 or self.crop % CROP_MULTIPLE):
+            raise OptionError(f"--crop: expected a positive multiple of {CROP_MULTIPLE} HR pixels, got {self.crop}")
+        need = 4 * max(self.shapes.height[1], self.shapes.width[1])
+        if self.hr_crop < need:
+            raise OptionError(f"--crop: {self.hr_crop} HR pixels is smaller than 4x the LR opt size ({need})")
+        if self.opt_level is not None and not 0 <= self.opt_level <= 5:
+            raise OptionError(f"--opt-level: expected 0..5, got {self.opt_level}")
+        if self.compute_capabilities and self.engine not in ("auto", "tensorrt-rtx"):
+            raise OptionError("--compute-capability applies to TensorRT for RTX (--engine tensorrt-rtx or auto)")
+        writable_folder(self.out, "--out")
+        if self.engine_cache is not None:
+            writable_folder(self.engine_cache, "--engine-cache")
+        if self.triton_repo is not None:
+            writable_folder(self.triton_repo, "--triton-repo")
+            if self.triton_repo.resolve() == self.out.resolve():
+                raise OptionError("--triton-repo: must be another folder than --out")
+        trt_tools.resolve_target(self.engine, self.compute_capabilities)  # a flavour asked for by name must exist
+
+
+def writable_folder(path: Path, option: str) -> None:
+    """A folder that exists and is writable, or can be created: else one line naming ``option``."""
+    if path.is_symlink():
+        raise OptionError(f"{option}: {path} is a symbolic link; give the folder it points to")
+    if path.exists() and not path.is_dir():
+        raise OptionError(f"{option}: {path} exists and is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OptionError(f"{option}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OptionError(f"{option}: {existing} is not writable")
+
+
+def check_complete(folder: Path) -> None:
+    """Raise :class:`OptionError` if ``folder`` is not a complete ``rsd-export`` set."""
+    if (folder / INCOMPLETE_MARKER).is_file():
+        raise OptionError(f"{folder}: an rsd-export run did not finish here ({INCOMPLETE_MARKER} is present); run it again")
+    if not (folder / "report.json").is_file():
+        raise OptionError(f"{folder}: no report.json (not an rsd-export output folder)")
+
+
+@dataclass
+class ExportReport:
+    """Everything a run measured (``report.json``) plus the checks that failed."""
+
+    precision: str
+    model: dict
+    shape_range: dict
+    shape_range_text: str
+    exporter: str
+    attention: str
+    versions: dict
+    host: str
+    stages: dict
+    artifacts: list[dict] = field(default_factory=list)
+    parity: list[dict] = field(default_factory=list)
+    calibration: dict | None = None
+    evaluation: dict | None = None
+    precision_details: dict = field(default_factory=dict)
+    quality: dict | None = None
+    tensorrt: dict = field(default_factory=dict)
+    triton_repository: dict | None = None
+    failures: list[str] = field(default_factory=list)
+    total_seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    names = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt-rtx")
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], None] = print) -> ExportReport:
+    """Run the whole export (see the module docstring); :attr:`ExportReport.failures` lists every
+    check that failed (parity above target or not finite, an engine that did not build...)."""
+    options.validate()
+    started = time.perf_counter()
+    out = options.out
+    target, engine_reason = trt_tools.resolve_target(options.engine, options.compute_capabilities)
+    stages = describe_stages(pipe)
+    shapes = options.shapes
+    report = ExportReport(
+        precision=options.precision,
+        model={"description": pipe.description, "untrained": pipe.description.startswith("UNTRAINED"), "takes_noise_map": pipe.takes_noise_map,
+               "latent_channels": pipe.codec.latent_channels, "codec": type(pipe.codec).__name__},
+        shape_range=shapes.to_json(),
+        shape_range_text=str(shapes),
+        exporter=options.exporter,
+        attention=options.attention,
+        versions=versions(),
+        host=f"{platform.machine()} CPU x{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
+        stages={name: stages[name].to_json() for name in options.stages},
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / INCOMPLETE_MARKER) as tmp:
+        tmp.write_text(json.dumps({"started": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid(),
+                                   "note": "rsd-export is writing this folder; until it finishes the files may mix two runs"}) + "\n")
+
+    def timed(label: str, fn, *args, **kwargs):
+        begin = time.perf_counter()
+        log(f"  {label} ...")
+        result = fn(*args, **kwargs)
+        seconds = time.perf_counter() - begin
+        log(f"  {label}: done in {seconds:.1f} s")
+        return result, seconds
+
+    def add_artifact(name: str, precision: str, path: Path, seconds: float) -> None:
+        report.artifacts.append({"stage": name, "precision": precision, "file": path.name, "bytes": path.stat().st_size,
+                                 "seconds": seconds, "signature": graph_signature(path)})
+
+    # 1. fp32 graphs, proven against PyTorch on fresh random inputs and on a real photo
+    fp32_paths: dict[str, Path] = {}
+    eval_images = calib.bundled_photos(1, 4 * max(shapes.height[1], shapes.width[1]), seed=options.seed + 1000)
+    real = stage_inputs_from_images(pipe, eval_images.lr[:, :, : shapes.height[1], : shapes.width[1]], seed=options.seed)
+    plugin = options.attention == "plugin"
+    for index, name in enumerate(options.stages, 1):
+        stage = stages[name]
+        log(f"[{index}/{len(options.stages)}] {name}: {stage.summary}")
+        path = out / onnx_file_name(name, "fp32")
+        _, seconds = timed("export fp32 ONNX", export_stage, stage, pipe, path, shapes, options.exporter, attention=options.attention)
+        fp32_paths[name] = path
+        add_artifact(name, "fp32", path, seconds)
+        if plugin and name in ("generator", "pipeline"):
+            log("  parity: skipped (plugin attention nodes run in TensorRT only)")
+            report.parity.append({"stage": name, "inputs": "skipped: plugin attention (TensorRT only)", "relative_l2": None,
+                                  "torch_s": None, "onnxruntime_s": None})
+            continue
+        random_inputs = stage.sample_inputs(shapes.batch[1], shapes.height[1], shapes.width[1], seed=options.seed)
+        for label, inputs in (("random", random_inputs), (f"photo ({eval_images.names[0]})", real[name])):
+            result = stage_parity(stage, pipe, path, inputs)
+            ok = _finite(result["relative_l2"]) and result["relative_l2"] < FP32_PARITY_TARGET
+            if not ok:
+                report.failures.append(f"{name} fp32 parity on {label} inputs: relative L2 {result['relative_l2']:.3g} (target < {FP32_PARITY_TARGET:g})")
+            log(f"  parity on {label} inputs: relative L2 {result['relative_l2']:.2e} ({'ok' if ok else f'FAILED, target < {FP32_PARITY_TARGET:g}'}); "
+                f"PyTorch {result['torch_s']:.2f} s, ONNX Runtime {result['onnxruntime_s']:.2f} s")
+            report.parity.append({"stage": name, "inputs": label, **result})
+
+    # 2. reduced precision: fp16 casts or calibrated INT8 Q/DQ
+    graphs = dict(fp32_paths)
+    if options.precision != "fp32":
+        cal_set = calib.load_calibration(options.calib_dir, options.calib_count + options.eval_count, options.hr_crop, options.seed)
+        cal_set, held_out = cal_set.split(options.eval_count)
+        log(f"calibration images: {cal_set.source}, {len(cal_set.names)} crops (+ {len(held_out.names)} held out)")
+        report.calibration, report.evaluation = cal_set.to_json(), held_out.to_json()
+        cal_inputs = stage_inputs_from_images(pipe, cal_set.lr, seed=options.seed)
+        graphs = {}
+        for name in options.stages:
+            path = out / onnx_file_name(name, options.precision)
+            arrays = {k: v.numpy() for k, v in cal_inputs[name].items()}
+            if options.precision == "fp16":
+                details, seconds = timed(f"{name}: fp16 with fp32 islands (ModelOpt AutoCast)", convert_fp16, fp32_paths[name], path,
+                                         {k: v[:1] for k, v in arrays.items()})
+            else:
+                details, seconds = timed(f"{name}: INT8 Q/DQ, {options.int8_method} calibration on {len(cal_set.names)} crops (ModelOpt)",
+                                         quantize_int8, fp32_paths[name], path, arrays, options.int8_method, options.int8_high_precision)
+            log(f"  {details}")
+            report.precision_details[name] = details
+            graphs[name] = path
+            add_artifact(name, options.precision, path, seconds)
+        report.quality = _quality(pipe, stages, graphs, held_out, options, log)
+        for row in report.quality["rows"]:
+            if not _finite(row["psnr_db"]) and row["psnr_db"] != float("inf"):
+                report.failures.append(f"{options.precision} {row['graphs']}: PSNR vs fp32 is {row['psnr_db']} (the output is not finite)")
+
+    # 3. TensorRT engines, or the exact commands that build them elsewhere
+    report.tensorrt = _engines(options, target, engine_reason, stages, graphs, real, report.failures, log)
+
+    # 4. optionally, a Triton Inference Server model repository over those artifacts
+    if options.triton_repo:
+        from .triton_repo import repository_from_export
+
+        engines = {e["stage"]: Path(e["engine"]) for e in report.tensorrt.get("engines", []) if e["engine"] and target
+                   and target.flavour.name == "tensorrt"}  # a Triton server's TensorRT backend is TensorRT 10/11
+        _, backend = repository_from_export(options.triton_repo, pipe, shapes, graphs, engines, overwrite=True)
+        report.triton_repository = {"path": str(options.triton_repo), "stage_backend": backend}
+        log(f"Triton model repository ({backend} stages) written to {options.triton_repo}")
+    report.total_seconds = time.perf_counter() - started
+    write_report(out, report.to_json())
+    (out / INCOMPLETE_MARKER).unlink()
+    return report
+
+
+def _quality(pipe: SRPipeline, stages, graphs: dict[str, Path], held_out: calib.CalibrationSet, options: ExportOptions, log) -> dict:
+    """PSNR / LPIPS of reduced-precision HR images vs the fp32 PyTorch pipeline."""
+    inputs = stage_inputs_from_images(pipe, held_out.lr, seed=options.seed + 1)["pipeline"]
+    with torch.no_grad():
+        reference = stages["pipeline"].module(pipe)(*inputs.values())
+    lpips = LPIPSLoss("auto")
+    lpips_fp32_to_hr = lpips_distance(lpips, reference, held_out.hr)
+    rows, notes = [], []
+    candidates = []
+    if all(name in graphs for name in CHAINED_STAGES):
+        candidates.append(("encoder+generator+decoder", {n: graphs[n] for n in CHAINED_STAGES}))
+    if "pipeline" in graphs:
+        candidates.append(("pipeline (fused)", {"pipeline": graphs["pipeline"]}))
+    if not candidates:
+        notes.append("HR quality needs the fused pipeline graph or all of encoder, generator, decoder: not measured")
+    for label, chosen in candidates:
+        start = time.perf_counter()
+        try:
+            hr = upscale_onnx(chosen, pipe, inputs["lr"], inputs["eps"], inputs.get("noise_map"))
+        except Exception as error:  # e.g. an ONNX Runtime build without an fp16 kernel for some op
+            notes.append(f"{label}: ONNX Runtime ({', '.join(providers())}) could not run the {options.precision} graphs: {str(error).splitlines()[0]}")
+            continue
+        seconds = time.perf_counter() - start
+        row = {"graphs": label, "psnr_db": psnr(hr, reference), "lpips": lpips_distance(lpips, hr, reference),
+               "lpips_fp32_to_hr": lpips_fp32_to_hr, "lpips_to_hr": lpips_distance(lpips, hr, held_out.hr), "seconds": seconds}
+        log(f"  {options.precision} {label}: PSNR {row['psnr_db']:.2f} dB vs fp32, LPIPS distance {row['lpips']:.4f}")
+        rows.append(row)
+    return {"images": f"{len(held_out.names)} held-out crops: {held_out.source}", "lpips_kind": lpips.kind, "rows": rows, "notes": notes}
+
+
+def _engines(options: ExportOptions, target, reason: str, stages, graphs: dict[str, Path], real, failures: list[str], log) -> dict:
+    """Build (or take from the cache) one engine per graph; without a flavour that can build
+    here, the TensorRT 10/11 commands that build them elsewhere."""
+    opt_level = options.opt_level if options.opt_level is not None else trt_tools.DEFAULT_OPT_LEVEL[options.precision]
+    if target is None:
+        commands = []
+        for name, path in graphs.items():
+            profile = options.shapes.profile(stages[name])
+            engine = options.engine_dir / f"{name}.{options.precision}.plan"
+            commands.append({"stage": name, "trtexec": trt_tools.trtexec_command(path, engine, profile, opt_level, options.engine_dir / "timing.cache"),
+                             "polygraphy": trt_tools.polygraphy_command(path, profile, opt_level)})
+        status = (f"TensorRT engines not built: {reason}. Everything before the engines is done; with TensorRT for RTX "
+                  f"installed (pip install {trt_tools.FLAVOURS['tensorrt-rtx'].pip}) they build here; on a GPU machine with TensorRT 10/11 run:")
+        log(status)
+        for item in commands:
+            log(f"  {item['trtexec']}")
+        return {"status": status, "built": False, "commands": commands}
+    log(f"TensorRT engines: {reason}; they run on {target.runs_on()}")
+    engines = []
+    can_run = trt_tools.local_gpu() is not None
+    for name, path in graphs.items():
+        record = trt_tools.cached_engine(path, stages[name], options.precision, options.shapes, options.engine_dir, target, opt_level)
+        entry = asdict(record)
+        if not record.ok:
+            failures.append(f"{name} {options.precision} engine ({record.target}) failed: {record.error}")
+        elif options.attention == "plugin" and name in ("generator", "pipeline"):
+            entry["comparison"] = "skipped: plugin attention nodes do not run in ONNX Runtime"
+        elif not can_run:
+            entry["comparison"] = "not run: running an engine needs a GPU"
+        else:
+            tolerance = ENGINE_TOLERANCE[options.precision]
+            entry["comparison"] = trt_tools.compare_with_onnxruntime(path, Path(record.engine), target.flavour, [real[name]], atol=tolerance, rtol=tolerance)
+            if not entry["comparison"]["passed"]:
+                failures.append(f"{name} {options.precision} engine differs from ONNX Runtime: {entry['comparison']}")
+        state = ("built" if record.built_now else "cached") if record.ok else "FAILED"
+        log(f"  {name}: {state}" + (f" in {record.build_seconds:.1f} s" if record.built_now else "")
+            + (f", {record.bytes / 1e6:.1f} MB, {record.warnings} warnings" if record.ok else f": {record.error}"))
+        engines.append(entry)
+    return {"status": reason, "built": all(e["error"] is None for e in engines), "runs_on": target.runs_on(), "engines": engines}
+
