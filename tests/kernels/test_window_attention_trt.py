@@ -17,7 +17,8 @@ from rsd_deploy.kernels import trt_plugin
 
 # The AOT compile runs in a child without TRITON_INTERPRET: under the interpreter Triton's own
 # library functions are interpreted too, so nothing can be compiled in this process.
-_CASES = [("float16", 4), ("bfloat16", 0), ("float32", 4)]
+# (dtype, shift, arch): Hopper for TensorRT 10/11, Ada (sm89) as a TensorRT-RTX target
+_CASES = [("float16", 4, 90), ("bfloat16", 0, 90), ("float32", 4, 90), ("float16", 4, 89)]
 _COMPILE = r"""
 import json, sys
 from triton.backends.compiler import GPUTarget
@@ -29,10 +30,10 @@ except Exception:
     ptxas = None
 out = {}
 for case in json.loads(sys.argv[1]):
-    dtype, shift = case
+    dtype, shift, arch = case
     k = compile_kernel(dtype, num_heads=6, head_dim=32, window=8, shift=shift, scale=32**-0.5,
-                       target=GPUTarget("cuda", 90, 32), ptx_version=84)
-    out[f"{dtype}-{shift}"] = dict(name=k.name, ptx=k.ptx, num_warps=k.num_warps, shared=k.shared, ptxas=ptxas)
+                       target=GPUTarget("cuda", arch, 32), ptx_version=84)
+    out[f"{dtype}-{shift}-{arch}"] = dict(name=k.name, ptx=k.ptx, num_warps=k.num_warps, shared=k.shared, ptxas=ptxas)
 print(json.dumps(out))
 """
 
@@ -47,9 +48,10 @@ def aot_kernels() -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("dtype,shift", _CASES)
-def test_aot_kernel_has_exactly_the_parameters_tensorrt_passes(dtype, shift, aot_kernels, tmp_path):
-    kernel = aot_kernels[f"{dtype}-{shift}"]
+@pytest.mark.parametrize("dtype,shift,arch", _CASES)
+def test_aot_kernel_has_exactly_the_parameters_tensorrt_passes(dtype, shift, arch, aot_kernels, tmp_path):
+    kernel = aot_kernels[f"{dtype}-{shift}-{arch}"]
+    assert f".target sm_{arch}" in kernel["ptx"]
 def test_scratch_parameters_in_use_are_refused():
     ptx = ".visible .entry k(\n\t.param .u64 k_param_0,\n\t.param .u64 k_param_1\n)\n{\n\tld.param.b64 %rd1, [k_param_1];\n}"
     with pytest.raises(RuntimeError, match="uses its scratch parameter"):
@@ -74,6 +76,32 @@ def test_ptx_version_capped_by_the_driver(monkeypatch):
 def test_register_without_tensorrt_says_what_is_missing():
     with pytest.raises(ImportError, match="TensorRT >= 10.9"):
         trt_plugin.register()
+
+
+def _rtx_plugin_api() -> bool:
+    try:
+        importlib.import_module("tensorrt_rtx.plugin")
+        return True
+    except ImportError:
+        return False
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx") is None, reason="needs TensorRT for RTX (the `rtx` extra)")
+def test_tensorrt_rtx_refusal_is_reported(tmp_path, capsys):
+    """TensorRT-RTX 1.7.1's wheels ship no quick-plugin package (``tensorrt_rtx.plugin`` imports a
+    ``tensorrt_rtx_bindings.plugin`` that does not exist, and the bindings lack the AOT build
+    interface): an ``--attention plugin`` export says so in its engine record and exits 1."""
+    if _rtx_plugin_api():
+        pytest.skip("this TensorRT-RTX ships tensorrt_rtx.plugin: the refusal no longer applies")
+    with pytest.raises(ImportError, match="tensorrt_rtx_bindings.plugin"):
+        trt_plugin.register("tensorrt_rtx")
+    from rsd_deploy.export.cli import main
+
+    code = main(["--preset", "tiny-rsd", "--precision", "fp32", "--attention", "plugin", "--stages", "generator",
+                 "--engine", "tensorrt-rtx", "--compute-capability", "sm89", "--lr-size", "64", "--batch", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "report.json").read_text())
+    (engine,) = report["tensorrt"]["engines"]
+    assert code == 1 and "no quickly deployable plugin API" in engine["error"]
 
 
 def _build_engine(onnx_bytes: bytes):
