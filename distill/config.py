@@ -33,11 +33,12 @@ TRAIN_PHOTOS = ["astronaut", "immunohistochemistry", "hubble_deep_field", "stere
 HELD_OUT_PHOTOS = ["chelsea", "coffee", "rocket"]
 UNSEEN_PHOTOS = ["camera", "grace_hopper"]
 
-# The demo denoiser: UNetModelSwin on the 48-channel pixel-unshuffle latent, two levels, Swin at both.
-# 8 norm groups: with the official 32 groups every GroupNorm at width 32 is a per-channel instance
-# norm, and the output head (GroupNorm -> SiLU -> conv) cannot pass a per-image colour to the output
-# (on the held-out crops the 1-step teacher stayed at 16-17 dB; docs/distill.md).
-DEMO_UNET = {**TINY_UNET, "in_channels": 48, "out_channels": 48, "norm_groups": 8}
+# The demo denoiser: UNetModelSwin on the 48-channel pixel-unshuffle latent, two levels, Swin at both,
+# width 64 (3.2M parameters; width 32 trailed bicubic, docs/distill.md). 8 norm groups: with the
+# official 32 groups every GroupNorm at width 32 is a per-channel instance norm, and the output head
+# (GroupNorm -> SiLU -> conv) cannot pass a per-image colour to the output (on the held-out crops the
+# 1-step teacher stayed at 16-17 dB; docs/distill.md).
+DEMO_UNET = {**TINY_UNET, "in_channels": 48, "out_channels": 48, "model_channels": 64, "swin_embed_dim": 64, "norm_groups": 8}
 
 UNET_KEYS = frozenset(name for name, p in inspect.signature(UNetModelSwin.__init__).parameters.items()
                       if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD)
@@ -58,6 +59,7 @@ class DataConfig:
     rot: bool = False  # use_rot: vertical flips and transposes too
     rescale_gt: bool = True  # the crop is a random square of the image's shorter side, area-resized to `crop`
     scale_range: tuple[float, float] = (1.0, 1.0)  # else: a crop / s square, s ~ U(lo, hi), area-resized
+    shuffle_channels: bool = False  # RGB in a random order per crop
     pool_batches: int = 10  # Real-ESRGAN training-pair pool of pool_batches x micro-batch pairs; 0: none
     workers: int = 4  # DataLoader worker processes (crop loading); degradation runs on the device
 
@@ -158,16 +160,19 @@ def demo_config(stage: str = "student") -> TrainConfig:
     data = config.data
     data.crop, data.val_crop = 64, 256
     data.degradation = "bicubic"  # the demo is measured against bicubic on bicubic-downsampled photos
-    data.rescale_gt, data.rot, data.scale_range = False, True, (0.5, 1.0)  # 13 photos: all orientations, two scales
+    # 12 photos: all orientations, scales 0.5-1, channels in any order (docs/distill.md)
+    data.rescale_gt, data.rot, data.scale_range, data.shuffle_channels = False, True, (0.5, 1.0), True
     data.workers = 0
     config.optim.batch, config.optim.grad_accum = 16, 1
     config.run.seed, config.run.threads = 0, 1  # on a shared 2-core machine one thread is 10x faster than two fighting
-    config.run.val_every, config.run.ckpt_every, config.run.log_every = 200, 50, 5
+    config.run.ckpt_every, config.run.log_every = 250, 10
     if stage == "teacher":
-        config.optim.steps, config.optim.lr, config.optim.betas = 2000, 2e-3, (0.9, 0.99)
+        config.optim.steps, config.optim.lr, config.optim.betas = 6000, 2e-3, (0.9, 0.99)
         config.optim.warmup, config.optim.cosine, config.optim.ema_decay = 20, True, 0.99
+        config.run.val_every = 1000  # the 15-step chain on 12 held-out crops
     else:
-        config.optim.steps, config.optim.lr, config.optim.fake_lr, config.optim.ema_decay = 100, 1e-4, 5e-4, 0.95
+        config.optim.steps, config.optim.lr, config.optim.fake_lr, config.optim.ema_decay = 200, 1e-4, 5e-4, 0.95
+        config.run.val_every, config.run.ckpt_every = 50, 50
     return config
 
 

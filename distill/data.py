@@ -76,11 +76,14 @@ class HRCrops(Dataset):
     and a transpose (p 0.5 each: all 8 orientations). ``rescale_gt`` (ResShift / RSD): the patch
     is a random square of the image's shorter side, area-resized to ``crop``. ``scale_range``
     (lo, hi <= 1): the patch is a random ``crop / s`` square, area-resized to ``crop``, ``s`` drawn
-    uniformly: the same photos at several scales. Images smaller than the patch are reflect-padded.
+    uniformly: the same photos at several scales. ``shuffle_channels``: the RGB channels in a random
+    order (x4 SR of each channel does not depend on its colour; a handful of photos with peculiar
+    colours, such as fundus or microscopy images, then teach no colour bias). Images smaller than
+    the patch are reflect-padded.
     """
 
     def __init__(self, sources: list[Path | np.ndarray], crop: int, seed: int = 0, hflip: bool = True, rot: bool = False,
-                 rescale_gt: bool = False, scale_range: tuple[float, float] = (1.0, 1.0)):
+                 rescale_gt: bool = False, scale_range: tuple[float, float] = (1.0, 1.0), shuffle_channels: bool = False):
         if not sources:
             raise ValueError("HRCrops: no source images")
         self.sources = sources
@@ -89,6 +92,7 @@ class HRCrops(Dataset):
         self.hflip, self.rot = hflip, rot
         self.rescale_gt = rescale_gt
         self.scale_range = tuple(scale_range)
+        self.shuffle_channels = shuffle_channels
 
     def __len__(self) -> int:
         return 2**62  # an unbounded stream: items are drawn, not enumerated
@@ -120,6 +124,8 @@ class HRCrops(Dataset):
                 patch = patch[::-1]
             if rng.uniform() < 0.5:
                 patch = patch.transpose(1, 0, 2)
+        if self.shuffle_channels:
+            patch = patch[..., rng.permutation(3)]
         return torch.from_numpy(np.ascontiguousarray(patch)).permute(2, 0, 1).float() / 255
 
 

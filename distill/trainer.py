@@ -253,7 +253,7 @@ class Trainer:
     def _loader(self) -> Iterator[torch.Tensor]:
         cfg = self.config.data
         dataset = HRCrops(self.train_sources, cfg.crop, seed=self.config.run.seed, hflip=cfg.hflip, rot=cfg.rot,
-                          rescale_gt=cfg.rescale_gt, scale_range=cfg.scale_range)
+                          rescale_gt=cfg.rescale_gt, scale_range=cfg.scale_range, shuffle_channels=cfg.shuffle_channels)
         per_step = len(self.objective.phases()) * self.config.optim.grad_accum
         sampler = StepSampler(self.step * per_step, self.micro, self.rank, self.world)
         loader = DataLoader(dataset, batch_size=self.micro, sampler=sampler, num_workers=cfg.workers,

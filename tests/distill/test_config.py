@@ -50,8 +50,8 @@ def test_files_override_and_reject_unknown_keys(tmp_path):
 
 
 def test_unet_overrides_merge_into_the_base():
-    config = build_config("demo", "teacher", overrides={"model": {"unet": {"model_channels": 64, "swin_embed_dim": 64}}})
-    assert config.model.unet == {**DEMO_UNET, "model_channels": 64, "swin_embed_dim": 64}
+    config = build_config("demo", "teacher", overrides={"model": {"unet": {"model_channels": 48, "swin_embed_dim": 48}}})
+    assert config.model.unet == {**DEMO_UNET, "model_channels": 48, "swin_embed_dim": 48}
 
 
 @pytest.mark.parametrize("unet, message", [

@@ -154,6 +154,12 @@ def test_crops_rotate_and_rescale(tmp_path):
                                                                  size=64, mode="area")[0], atol=2 / 255)
     scaled = HRCrops([photo], 64, seed=0, scale_range=(0.5, 0.5))[0]
     assert scaled.shape == (3, 64, 64)
+    shuffled = HRCrops([photo], 64, seed=0, hflip=False, shuffle_channels=True)
+    orders = set()
+    for i in range(12):
+        channels = [next(c for c in range(3) if torch.equal(shuffled[i][k], plain[i][c])) for k in range(3)]
+        orders.add(tuple(channels))
+    assert len(orders) > 2 and all(sorted(o) == [0, 1, 2] for o in orders)
 
 
 def test_matplotlibs_photo_is_available():
