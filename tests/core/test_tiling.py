@@ -7,7 +7,15 @@ import torch
 
 from rsd_deploy.models.autoencoder import PixelUnshuffleCodec
 from rsd_deploy.models.unet import UNetModelSwin
-from rsd_deploy.pipeline import SRPipeline, TileOptions, blend_ramp, pad_to_multiple, tile_starts
+from rsd_deploy.pipeline import (
+    NonFiniteOutputError,
+    SRPipeline,
+    StripBlender,
+    TileOptions,
+    blend_ramp,
+    pad_to_multiple,
+    tile_starts,
+)
 from rsd_deploy.presets import TINY_UNET
 from rsd_deploy.schedule import TEACHER_15
 
@@ -44,6 +52,62 @@ def test_tile_options_validated():
         TileOptions(size=100)
     with pytest.raises(ValueError, match="overlap"):
         TileOptions(size=64, overlap=64)
+    for batch in (0, -1):  # -1 once gave an all-black image, 0 a range() error
+        with pytest.raises(ValueError, match="tile batch must be at least 1"):
+            TileOptions(size=64, batch=batch)
+
+
+def test_strip_blend_equals_the_whole_canvas_blend():
+    """Tiles blended in strips, rows handed out as soon as no later tile touches them, give
+    bit for bit the whole-canvas blend; the rows held at once never exceed a row of tiles."""
+    height, width, tile, overlap, scale = 100, 70, 32, 10, 4
+    generator = torch.Generator().manual_seed(3)
+    boxes = [(t, l) for t in tile_starts(height, tile, overlap) for l in tile_starts(width, tile, overlap)]
+    tiles = [torch.rand(3, tile * scale, tile * scale, generator=generator) for _ in boxes]
+    ramp = overlap * scale
+
+    def weight(top, left):
+        return (blend_ramp(tile * scale, ramp, top > 0, top + tile < height)[:, None]
+                * blend_ramp(tile * scale, ramp, left > 0, left + tile < width)[None, :])
+
+    total = torch.zeros(3, height * scale, width * scale)
+    weights = torch.zeros(1, height * scale, width * scale)
+    for (top, left), hr in zip(boxes, tiles):
+        y, x = top * scale, left * scale
+        total[:, y : y + tile * scale, x : x + tile * scale] += hr * weight(top, left)
+        weights[:, y : y + tile * scale, x : x + tile * scale] += weight(top, left)
+    whole = total / weights
+
+    blender, strips, held = StripBlender(3, width * scale), [], 0
+    for index, ((top, left), hr) in enumerate(zip(boxes, tiles)):
+        blender.add(hr, weight(top, left), top * scale, left * scale)
+        held = max(held, blender.total.shape[1])
+        finished = boxes[index + 1][0] * scale if index + 1 < len(boxes) else height * scale
+        if finished > blender.top:
+            strips.append(blender.take(finished))
+    assert torch.equal(torch.cat(strips, 1), whole)
+    assert len(strips) == len(tile_starts(height, tile, overlap)) and held == tile * scale
+    with pytest.raises(ValueError, match="arrived after"):
+        blender.add(tiles[0], weight(0, 0), 0, 0)
+
+
+def test_strips_are_the_forward_output(micro_pixel_unshuffle):
+    lr = torch.rand(3, 100, 70, generator=torch.Generator().manual_seed(5))  # padded to 128 x 128
+    tiles = TileOptions(size=64, overlap=16, batch=2)  # 3 x 3 tiles; batches straddle rows of tiles
+    strips = list(micro_pixel_unshuffle.upscale_strips(lr, seed=7, tiles=tiles))
+    assert [s.shape[1:] for s in strips] == [(192, 280), (64, 280), (144, 280)]  # the padding cropped
+    whole = micro_pixel_unshuffle(lr[None], seed=7, tiles=tiles)[0]
+    assert torch.equal(torch.cat(strips, 1), whole)
+
+
+def test_nan_output_is_an_error():
+    from rsd_deploy.checkpoints import build_pipeline
+
+    pipe = build_pipeline("tiny-rsd", seed=0)
+    with torch.no_grad():
+        next(pipe.unet.parameters()).fill_(float("nan"))
+    with pytest.raises(NonFiniteOutputError, match="NaN/Inf"):
+        pipe(torch.rand(1, 3, 16, 16))
 
 
 def test_tiled_equals_untiled_when_one_tile_fits(tiny_rsd):
