@@ -24,7 +24,6 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..atomic import TargetExistsError
-from ..checkpoints import CheckpointError
 from ..imageio import ImageError, ImageTooLargeError, Picture, list_images, png_strips, read_image
 from ..models.attention import attention_backends
 from ..pipeline import SIZE_MULTIPLE, SRPipeline, TileOptions
@@ -175,11 +174,12 @@ def upscale(job: Job, pipe: SRPipeline, args: argparse.Namespace, tiles: TileOpt
     return f"{job.name} -> {job.target} ({w}x{h} -> {w * scale}x{h * scale})"
 
 
-def _say(message: str, error: bool = False) -> None:
-    if error:
-        tqdm.write(f"rsd-upscale: error: {printable(message)}", file=sys.stderr)
-    else:
-        tqdm.write(printable(message), file=sys.stdout)
+def _say(message: str) -> None:
+    tqdm.write(printable(message), file=sys.stdout)
+
+
+def _error(message: str) -> None:
+    tqdm.write(f"rsd-upscale: error: {printable(message)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         check_out_dir(out_dir, args.inputs)
         jobs = plan_jobs(args.inputs, out_dir)
         pipe = prepare_model(args)
-    except (UsageError, CheckpointError, ValueError) as error:
-        _say(str(error), error=True)
+    except ValueError as error:  # UsageError, CheckpointError: one line, exit 2
+        _error(str(error))
         return USAGE_ERROR
     _say(f"model: {pipe.description} (loaded and checked in {time.perf_counter() - started:.1f} s)")
     if pipe.description.startswith("UNTRAINED"):
-        _say("WARNING: these weights are untrained; outputs are not super-resolution", error=True)
+        tqdm.write("rsd-upscale: WARNING: these weights are untrained; outputs are not super-resolution", file=sys.stderr)
     written = skipped = failed = 0
     # bars only on a terminal (disable=None): piped output gets plain lines, no escape codes
     for job in tqdm(jobs, desc="images", unit="img", disable=True if len(jobs) < 2 else None):
@@ -217,13 +217,19 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"{job.name}: skipped, {job.target} appeared meanwhile (--overwrite replaces it)")
         except ImageTooLargeError as error:
             failed += 1
-            _say(f"{error} (--max-pixels {args.max_pixels})", error=True)
-        except (ImageError, ValueError, OSError) as error:
+            _error(f"{error} (--max-pixels {args.max_pixels})")
+        except ImageError as error:  # names the file itself
             failed += 1
-            _say(str(error) if isinstance(error, ValueError) else f"{job.name} -> {job.target}: {error}", error=True)
+            _error(str(error))
+        except ValueError as error:  # NaN/Inf output
+            failed += 1
+            _error(f"{job.name}: {error}")
+        except OSError as error:
+            failed += 1
+            _error(f"{job.name} -> {job.target}: {error}")
         except torch.OutOfMemoryError:
             failed += 1
-            _say(f"{job.name}: out of memory on {args.device} (lower --tile or --tile-batch)", error=True)
+            _error(f"{job.name}: out of memory on {args.device} (lower --tile or --tile-batch)")
     _say(f"{len(jobs)} images: {written} written, {skipped} skipped, {failed} failed; outputs in {out_dir} ({time.perf_counter() - started:.1f} s)")
     return 1 if failed else 0
 
