@@ -84,16 +84,21 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Picture:
             width, height = image.size
             if max_pixels is not None and width * height > max_pixels:
                 raise ImageTooLargeError(f"{path}: {width}x{height} is {width * height} pixels, over the limit of {max_pixels}; not decoded")
-            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
-            may_be_deep = image.format in ("PNG", "TIFF")
             image.load()  # decodes fully: a truncated file fails here
+            # read after decoding: a PNG may store EXIF after the pixels, and Pillow's TIFF decoder
+            # applies the orientation itself and then drops the tag
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
             mode = image.mode
             pil_array = None
-            if not (mode.startswith("I;16") or mode in ("I", "F")):  # deep formats: OpenCV below
+            if mode.startswith("I;16"):  # 16-bit grey
+                pil_array = np.asarray(image).astype(np.uint16)
+            elif mode not in ("I", "F"):
                 has_alpha = "A" in mode or "transparency" in image.info
                 gray = mode in ("1", "L", "LA")
                 target = ("LA" if has_alpha else "L") if gray else ("RGBA" if has_alpha else "RGB")
                 pil_array = np.asarray(image.convert(target))
+            # Pillow reduces 48/64-bit colour PNG / TIFF to 8 bits: OpenCV reads those below
+            may_be_deep_colour = image.format in ("PNG", "TIFF") and not mode.startswith("I;16")
     except ImageError:
         raise
     except Image.DecompressionBombError:
@@ -102,13 +107,12 @@ def read_image(path: str | Path, max_pixels: int | None = None) -> Picture:
         reason = "not an image Pillow can read" if isinstance(error, UnidentifiedImageError) else str(error).splitlines()[0]
         raise ImageError(f"{path}: {reason}") from None
     upright = _UPRIGHT.get(orientation, lambda a: a)
-    # Pillow reduces 48/64-bit colour PNGs to 8 bits; OpenCV keeps 16-bit data intact.
-    deep = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if may_be_deep else None
+    deep = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if may_be_deep_colour else None  # ignores EXIF
     if deep is not None and deep.dtype == np.uint16:
         return _from_array(upright(deep), 16, bgr=True)
     if pil_array is None:
         raise ImageError(f"{path}: unsupported pixel format {mode!r}")
-    return _from_array(upright(pil_array), 8, bgr=False)
+    return _from_array(upright(pil_array), 16 if pil_array.dtype == np.uint16 else 8, bgr=False)
 
 
 def resize_rows(image: torch.Tensor, scale: int, top: int, bottom: int) -> torch.Tensor:

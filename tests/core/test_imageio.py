@@ -22,13 +22,14 @@ from rsd_deploy.imageio import (
 )
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".tif"])
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(tmp_path, orientation):
+def test_exif_orientation_is_applied(tmp_path, orientation, suffix):
     rng = np.random.default_rng(orientation)
     image = Image.fromarray(rng.integers(0, 256, (6, 10, 3), dtype=np.uint8))
     exif = Image.Exif()
     exif[EXIF_ORIENTATION] = orientation
-    path = tmp_path / "phone.png"
+    path = tmp_path / f"phone{suffix}"
     image.save(path, exif=exif)
     expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
     got = read_image(path).rgb.permute(1, 2, 0).numpy()
