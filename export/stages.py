@@ -225,9 +225,13 @@ class OneStepPipeline(nn.Module):
         cols = torch.where(too_small, cols_replicate, cols_reflect)
         lq = (lr * 2 - 1).index_select(2, rows).index_select(3, cols)
         pipe = self.pipe
-        z_y = pipe.encode(lq)
+        # Both latents are reshaped to eps's shape (a no-op) so that their sizes are the graph
+        # input's, not expressions through the encoder's and the UNet's down/upsampling: with
+        # those, TensorRT's Myelin cannot plan the decoder's memory for a dynamic batch and fails
+        # (std::bad_alloc in TensorRT-RTX 1.7 for batch > 1 at LR >= 128).
+        z_y = pipe.encode(lq).reshape(eps.shape)
         x_t = pipe.schedule.prior_sample(z_y, eps)
-        x0 = predict_x0(pipe.unet, pipe.schedule, x_t, lq, pipe.schedule.steps - 1, noise_map)
+        x0 = predict_x0(pipe.unet, pipe.schedule, x_t, lq, pipe.schedule.steps - 1, noise_map).reshape(eps.shape)
         hr = pipe.decode(x0)
         scale = pipe.codec.scale
         hr = hr[:, :, : height * scale, : width * scale]

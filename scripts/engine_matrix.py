@@ -25,8 +25,7 @@ from rsd_deploy.export.workflow import ExportOptions, export_all
 
 RANGES = {
     "default": ShapeRange(),  # batch 1..4, LR 64..256
-    # same memory at the top as the default (1 x 512^2 = 4 x 256^2 LR pixels): one large tile at a time
-    "large-tile": ShapeRange(batch=(1, 1, 1), height=(64, 256, 512), width=(64, 256, 512)),
+    "large-tile": ShapeRange(batch=(1, 1, 4), height=(64, 64, 512), width=(64, 64, 512)),
 }
 
 
