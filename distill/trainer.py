@@ -192,7 +192,9 @@ class Trainer:
             pipe = load_pipeline(teacher_path)  # the teacher's own codec and schedule
             check_unet(self.config, pipe.unet.config, pipe.codec.latent_channels, f"teacher {teacher_path}")
             return pipe.codec, pipe.schedule, pipe.unet
-        return self._codec(), ResShiftSchedule(**cfg.schedule), load_unet(teacher_path)
+        codec, teacher = self._codec(), load_unet(teacher_path)  # an official .pth: its config inferred from the weights
+        check_unet(self.config, teacher.config, codec.latent_channels, f"teacher {teacher_path}")
+        return codec, ResShiftSchedule(**cfg.schedule), teacher
 
     def _codec(self) -> nn.Module:
         cfg = self.config.model
