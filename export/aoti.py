@@ -28,7 +28,9 @@ import torch
 from rsd_deploy.atomic import atomic_path
 from rsd_deploy.pipeline import SRPipeline
 
-from .stages import describe_stages, padded_size
+from rsd_deploy.chain import padded_size
+
+from .stages import describe_stages
 
 
 def pipeline_noise(pipe: SRPipeline, height: int, width: int, seed: int) -> list[torch.Tensor]:

@@ -16,6 +16,7 @@ shape inference, op fusions) and named dims are restored to the stage descriptio
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -24,7 +25,9 @@ import onnx
 import torch
 
 from rsd_deploy.atomic import atomic_path
-from rsd_deploy.pipeline import SIZE_MULTIPLE, SRPipeline
+from rsd_deploy.errors import one_line
+from rsd_deploy.chain import SIZE_MULTIPLE
+from rsd_deploy.pipeline import SRPipeline
 
 from .stages import ShapeRange, StageSpec
 
@@ -52,7 +55,7 @@ def _example_size(exporter: str, shapes: ShapeRange) -> tuple[int, int, int]:
     return inside(2, shapes.batch), inside(2 * SIZE_MULTIPLE, shapes.height), inside(3 * SIZE_MULTIPLE, shapes.width)
 
 
-def _dynamo_shapes(stage: StageSpec, shapes: ShapeRange) -> dict:
+def _dynamo_shapes(stage: StageSpec, shapes: ShapeRange, module: torch.nn.Module) -> tuple:
     from torch.export import Dim
 
     batch = Dim("batch", min=shapes.batch[0], max=shapes.batch[2])
@@ -65,7 +68,9 @@ def _dynamo_shapes(stage: StageSpec, shapes: ShapeRange) -> dict:
             dims[spec.name] = {0: batch, 2: unit * blocks_h, 3: unit * blocks_w}
         else:
             dims[spec.name] = {0: batch, 2: Dim("height_lr", min=1, max=shapes.height[2]), 3: Dim("width_lr", min=1, max=shapes.width[2])}
-    return dims
+    per_input = tuple(dims[spec.name] for spec in stage.inputs)
+    takes_varargs = any(p.kind == p.VAR_POSITIONAL for p in inspect.signature(module.forward).parameters.values())
+    return (per_input,) if takes_varargs else per_input  # positional, in input order
 
 
 def _name_dims(model: onnx.ModelProto, stage: StageSpec) -> None:
@@ -120,7 +125,7 @@ def export_stage(
             if exporter == "dynamo":
                 program = torch.onnx.export(
                     module, args, input_names=list(stage.input_names), output_names=list(stage.output_names),
-                    opset_version=OPSET, dynamo=True, dynamic_shapes=_dynamo_shapes(stage, shapes), optimize=True, **extra,
+                    opset_version=OPSET, dynamo=True, dynamic_shapes=_dynamo_shapes(stage, shapes, module), optimize=True, **extra,
                 )
                 model = program.model_proto
             else:
@@ -131,8 +136,8 @@ def export_stage(
                 )
                 model = onnx.load(str(tmp))
         except Exception as error:
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ExportError(f"{stage.name}: ONNX export ({exporter}) failed: {message}") from error
+            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise ExportError(f"{stage.name}: ONNX export ({exporter}) failed: {one_line(first)}") from error
         model = _simplify(model)
         _name_dims(model, stage)
         # scale and prior scale (kappa sqrt(eta_T)): what a server needs besides the graphs' own dims

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from rsd_deploy import chain
 from rsd_deploy.distill.losses import LPIPSLoss
 from rsd_deploy.pipeline import SRPipeline
 
@@ -82,18 +82,16 @@ def upscale_onnx(
     graphs: dict[str, Path], pipe: SRPipeline, lr: torch.Tensor, eps: torch.Tensor, noise_map: torch.Tensor | None
 ) -> torch.Tensor:
     """HR images in [0, 1] from exported graphs: ``graphs["pipeline"]`` when given, else the
-    encoder, generator and decoder graphs with the host doing what lies between them.
-    ``lr`` sides are multiples of 64; ``eps`` / ``noise_map`` at LR size."""
-    extra = {"noise_map": noise_map} if noise_map is not None else {}
+    chain (:func:`rsd_deploy.chain.upscale`) over the encoder, generator and decoder graphs.
+    ``eps`` / ``noise_map`` at the padded LR size."""
     if "pipeline" in graphs:
+        extra = {"noise_map": noise_map} if noise_map is not None else {}
         return torch.from_numpy(run_onnx(graphs["pipeline"], {"lr": lr, "eps": eps, **extra})[0])
-    lq = lr.float() * 2 - 1
-    lq_up = F.interpolate(lq, scale_factor=pipe.codec.scale, mode="bicubic")
-    z_y = torch.from_numpy(run_onnx(graphs["encoder"], {"lq_up": lq_up})[0])
-    x_t = pipe.schedule.prior_sample(z_y, eps)
-    x0 = run_onnx(graphs["generator"], {"x_t": x_t, "lq": lq, **extra})[0]
-    hr = torch.from_numpy(run_onnx(graphs["decoder"], {"z": x0})[0])
-    return ((hr + 1) / 2).clamp(0, 1)
+
+    def stage(name: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.from_numpy(run_onnx(graphs[name], feeds)[0])
+
+    return chain.upscale(stage, lr.float(), eps, noise_map, pipe.schedule.prior_scale, pipe.codec.scale)
 
 
 @torch.no_grad()

@@ -146,8 +146,7 @@ class Preprocess(_PythonModel):
         import torch
         import torch.nn.functional as F
 
-        from rsd_deploy.export.stages import padded_size
-        from rsd_deploy.pipeline import pad_to_multiple
+        from rsd_deploy.chain import pad_to_multiple, padded_size
         from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
         image, seed = self.inputs(request, "IMAGE", "SEED")  # types, ranks and batch axes as configured: Triton checked them

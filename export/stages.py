@@ -43,25 +43,20 @@ Example::
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from rsd_deploy.pipeline import SIZE_MULTIPLE, SRPipeline
-from rsd_deploy.sampling import predict_x0
+from rsd_deploy import chain
+from rsd_deploy.chain import SIZE_MULTIPLE
+from rsd_deploy.pipeline import SRPipeline
 
-CHAINED_STAGES = ("encoder", "generator", "decoder")  # run one after another, they make the pipeline
-STAGE_NAMES = (*CHAINED_STAGES, "pipeline")
+CHAINED_STAGES = chain.STAGE_NAMES  # run one after another, they make the pipeline
+FUSED = "pipeline"  # the whole chain as one graph
+STAGE_NAMES = (*CHAINED_STAGES, FUSED)
 Shape = tuple[int, ...]
-
-
-def padded_size(size: int) -> int:
-    """The multiple of 64 an LR side is padded to (the size of the fused graph's ``eps``)."""
-    return max(SIZE_MULTIPLE, math.ceil(size / SIZE_MULTIPLE) * SIZE_MULTIPLE)
 
 
 # --- tensors and shape ranges ------------------------------------------------------------------
@@ -122,10 +117,6 @@ class ShapeRange:
         object.__setattr__(self, "height", _check_triple("LR height", self.height, SIZE_MULTIPLE))
         object.__setattr__(self, "width", _check_triple("LR width", self.width, SIZE_MULTIPLE))
 
-    @classmethod
-    def square(cls, sizes: tuple[int, int, int], batch: tuple[int, int, int] = (1, 1, 4)) -> "ShapeRange":
-        return cls(batch=batch, height=sizes, width=sizes)
-
     def profile(self, stage: "StageSpec") -> dict[str, tuple[Shape, Shape, Shape]]:
         """Per input name: (min, opt, max) shapes, e.g. for a TensorRT optimization profile."""
         out = {}
@@ -161,81 +152,39 @@ class ShapeRange:
 # --- the torch modules each graph is exported from ----------------------------------------------
 
 
-class EncoderStage(nn.Module):
-    """``lq_up`` (bicubic x4 LR in [-1, 1]) -> ``z_y``: the codec's encoder, no quantisation."""
+class ChainStage(nn.Module):
+    """One stage of :mod:`rsd_deploy.chain` as a module whose ``forward`` takes the stage's
+    inputs in order (what ``torch.onnx.export`` needs)."""
 
-    def __init__(self, pipe: SRPipeline):
-        super().__init__()
-        self.codec = pipe.codec
-
-    def forward(self, lq_up: torch.Tensor) -> torch.Tensor:
-        return self.codec.encode(lq_up)
-
-
-class GeneratorStage(nn.Module):
-    """The one network call at t = T - 1: ``(x_t, lq[, noise_map])`` -> ``x0``."""
-
-    def __init__(self, pipe: SRPipeline):
-        super().__init__()
-        self.unet = pipe.unet
-        self.schedule = pipe.schedule
-
-    def forward(self, x_t: torch.Tensor, lq: torch.Tensor, noise_map: torch.Tensor | None = None) -> torch.Tensor:
-        return predict_x0(self.unet, self.schedule, x_t, lq, self.schedule.steps - 1, noise_map)
-
-
-class DecoderStage(nn.Module):
-    """``z`` -> ``hr`` in [-1, 1]: :meth:`SRPipeline.decode` (codebook snap, decoder, clamp)."""
-
-    def __init__(self, pipe: SRPipeline):
+    def __init__(self, pipe: SRPipeline, stage: chain.Stage):
         super().__init__()
         self.pipe = pipe
+        self.stage = stage
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.pipe.decode(z)
-
-
-def _pad_indices(size, padded) -> tuple[torch.Tensor, torch.Tensor]:
-    """Source rows for padding ``size`` rows to ``padded``: (reflect, replicate) index vectors.
-
-    Built with tensor ops on runtime sizes (no Python branch on them) so the export keeps both
-    sizes symbolic."""
-    index = torch.arange(padded)
-    reflect = torch.where(index < size, index, 2 * (size - 1) - index)
-    return reflect, index.clamp(max=size - 1)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.pipe.run_stage(self.stage.name, dict(zip(self.stage.inputs, inputs)))
 
 
 class OneStepPipeline(nn.Module):
     """The whole one-step SR as one graph: ``lr`` in [0, 1], ``eps`` [, ``noise_map``] -> ``hr``
-    in [0, 1]. Pads ``lr`` to the size of ``eps`` exactly as :func:`pad_to_multiple` (reflect;
-    replicate when the image is too small to reflect), bicubic x4, encode, prior sample, one
-    step, decode, clamp, crop."""
+    in [0, 1]; :func:`rsd_deploy.chain.upscale` (pad to the size of ``eps``, bicubic x4, encode,
+    prior sample, one step, decode, crop)."""
 
     def __init__(self, pipe: SRPipeline):
         super().__init__()
         self.pipe = pipe
 
     def forward(self, lr: torch.Tensor, eps: torch.Tensor, noise_map: torch.Tensor | None = None) -> torch.Tensor:
-        height, width = lr.shape[-2:]
-        rows_reflect, rows_replicate = _pad_indices(height, eps.shape[-2])
-        cols_reflect, cols_replicate = _pad_indices(width, eps.shape[-1])
-        # pad_to_multiple reflects unless a pad reaches past the image on either axis
-        too_small = (rows_reflect < 0).any() | (cols_reflect < 0).any()
-        rows = torch.where(too_small, rows_replicate, rows_reflect)
-        cols = torch.where(too_small, cols_replicate, cols_reflect)
-        lq = (lr * 2 - 1).index_select(2, rows).index_select(3, cols)
+        def stage(name: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+            out = self.pipe.run_stage(name, feeds)
+            # Latents take eps's shape (a no-op) so that their sizes are the graph input's, not
+            # expressions through the encoder's and the UNet's down/upsampling: with those,
+            # TensorRT's Myelin cannot plan the decoder's memory for a dynamic batch and fails
+            # (std::bad_alloc in TensorRT-RTX 1.7 for batch > 1 at LR >= 128).
+            return out if name == chain.DECODER.name else out.reshape(eps.shape)
+
         pipe = self.pipe
-        # Both latents are reshaped to eps's shape (a no-op) so that their sizes are the graph
-        # input's, not expressions through the encoder's and the UNet's down/upsampling: with
-        # those, TensorRT's Myelin cannot plan the decoder's memory for a dynamic batch and fails
-        # (std::bad_alloc in TensorRT-RTX 1.7 for batch > 1 at LR >= 128).
-        z_y = pipe.encode(lq).reshape(eps.shape)
-        x_t = pipe.schedule.prior_sample(z_y, eps)
-        x0 = predict_x0(pipe.unet, pipe.schedule, x_t, lq, pipe.schedule.steps - 1, noise_map).reshape(eps.shape)
-        hr = pipe.decode(x0)
-        scale = pipe.codec.scale
-        hr = hr[:, :, : height * scale, : width * scale]
-        return ((hr + 1) / 2).clamp(0, 1)
+        return chain.upscale(stage, lr, eps, noise_map, pipe.schedule.prior_scale, pipe.codec.scale)
 
 
 # --- stage descriptions ------------------------------------------------------------------------
@@ -258,12 +207,6 @@ class StageSpec:
     @property
     def output_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.outputs)
-
-    @property
-    def onnx_name(self) -> str:
-        """File name of the fp32 graph in an export directory (``<stage>.<precision>.onnx`` for
-        the others, see :func:`onnx_file_name`)."""
-        return onnx_file_name(self.name, "fp32")
 
     def module(self, pipe: SRPipeline) -> nn.Module:
         """The torch module this graph is exported from; ``forward`` takes the inputs in order."""
@@ -298,55 +241,52 @@ def onnx_file_name(stage: str, precision: str) -> str:
     return f"{stage}.{precision}.onnx"
 
 
-def describe_stages(pipe: SRPipeline) -> dict[str, StageSpec]:
-    """The four stage descriptions of a pipeline, keyed by :data:`STAGE_NAMES`."""
-    latent = pipe.codec.latent_channels
-    scale = pipe.codec.scale
-    codec = "VQ" if hasattr(pipe.codec, "vq") else "pixel-unshuffle"
-    noise_map = (
-        [TensorSpec("noise_map", pipe.unet.noise_channels, doc="N(0, 1) noise map (RSD student input)")]
-        if pipe.takes_noise_map
-        else []
-    )
-    stages = [
-        StageSpec(
-            "encoder",
-            f"{codec} encoder: bicubic x4 LR -> latent z_y" + (" (no quantisation)" if codec == "VQ" else ""),
-            (TensorSpec("lq_up", 3, scale, "bicubic x4 LR image in [-1, 1]"),),
-            (TensorSpec("z_y", latent, doc="latent of the upsampled LR image"),),
-            EncoderStage,
-        ),
-        StageSpec(
-            "generator",
-            f"one-step UNet at t = T-1 = {pipe.schedule.steps - 1}: x_t, lq -> x0 latent",
-            (
-                TensorSpec("x_t", latent, doc="x_T = z_y + kappa sqrt(eta_T) eps"),
-                TensorSpec("lq", 3, doc="LR image in [-1, 1]"),
-                *noise_map,
-            ),
-            (TensorSpec("x0", latent, doc="predicted clean latent"),),
-            GeneratorStage,
-        ),
-        StageSpec(
-            "decoder",
-            f"{codec} decoder: latent -> HR image" + (" (codebook quantisation, clamp to [-1, 1])" if codec == "VQ" else " (clamp to [-1, 1])"),
-            (TensorSpec("z", latent, doc="latent (x0 of the generator)"),),
-            (TensorSpec("hr", 3, scale, "HR image in [-1, 1]"),),
-            DecoderStage,
-        ),
-        StageSpec(
-            "pipeline",
-            "fused one-step SR: LR [0, 1] + noise -> HR [0, 1] (pad, bicubic, encode, step, decode, crop inside)",
-            (
-                TensorSpec("lr", 3, doc="LR image in [0, 1], any size up to the size of eps", aligned=False),
-                TensorSpec("eps", latent, doc="N(0, 1) prior noise at the padded LR size"),
-                *noise_map,
-            ),
-            (TensorSpec("hr", 3, scale, "HR image in [0, 1], 4x the size of lr", aligned=False),),
-            OneStepPipeline,
-        ),
+def chain_tensors(pipe: SRPipeline) -> dict[str, TensorSpec]:
+    """Every tensor of :mod:`rsd_deploy.chain` for this pipeline (channels, scale, meaning)."""
+    latent, scale = pipe.codec.latent_channels, pipe.codec.scale
+    specs = [
+        TensorSpec("lq_up", 3, scale, "bicubic x4 LR image in [-1, 1]"),
+        TensorSpec("z_y", latent, doc="latent of the upsampled LR image"),
+        TensorSpec("x_t", latent, doc="x_T = z_y + kappa sqrt(eta_T) eps"),
+        TensorSpec("lq", 3, doc="LR image in [-1, 1]"),
+        TensorSpec("x0", latent, doc="predicted clean latent"),
+        TensorSpec("z", latent, doc="latent (x0 of the generator)"),
+        TensorSpec("hr", 3, scale, "HR image in [-1, 1]"),
+        TensorSpec("eps", latent, doc="N(0, 1) prior noise at the padded LR size"),
     ]
-    return {stage.name: stage for stage in stages}
+    if pipe.takes_noise_map:
+        specs.append(TensorSpec("noise_map", pipe.unet.noise_channels, doc="N(0, 1) noise map (RSD student input)"))
+    return {spec.name: spec for spec in specs}
+
+
+def describe_stages(pipe: SRPipeline) -> dict[str, StageSpec]:
+    """The four stage descriptions of a pipeline, keyed by :data:`STAGE_NAMES`: the chain's
+    stages (tensor names from :mod:`rsd_deploy.chain`) and the fused graph."""
+    tensors = chain_tensors(pipe)
+    kind = pipe.codec.kind
+    summaries = {
+        "encoder": f"{kind} encoder: bicubic x4 LR -> latent z_y" + (" (no quantisation)" if kind == "vq" else ""),
+        "generator": f"one-step UNet at t = T-1 = {pipe.schedule.steps - 1}: x_t, lq -> x0 latent",
+        "decoder": f"{kind} decoder: latent -> HR image" + (" (codebook quantisation, clamp to [-1, 1])" if kind == "vq" else " (clamp to [-1, 1])"),
+    }
+
+    def described(stage: chain.Stage) -> StageSpec:
+        inputs = tuple(tensors[name] for name in stage.inputs if name in tensors)
+        return StageSpec(stage.name, summaries[stage.name], inputs, tuple(tensors[name] for name in stage.outputs),
+                         lambda p: ChainStage(p, stage))
+
+    fused = StageSpec(
+        FUSED,
+        "fused one-step SR: LR [0, 1] + noise -> HR [0, 1] (pad, bicubic, encode, step, decode, crop inside)",
+        (
+            TensorSpec("lr", 3, doc="LR image in [0, 1], any size up to the size of eps", aligned=False),
+            tensors["eps"],
+            *([tensors["noise_map"]] if "noise_map" in tensors else []),
+        ),
+        (TensorSpec("hr", 3, scale=pipe.codec.scale, doc="HR image in [0, 1], 4x the size of lr", aligned=False),),
+        OneStepPipeline,
+    )
+    return {**{stage.name: described(stage) for stage in chain.STAGES}, FUSED: fused}
 
 
 @torch.no_grad()
@@ -365,17 +305,9 @@ def stage_inputs_from_images(pipe: SRPipeline, lr: torch.Tensor, seed: int = 0) 
 
 @torch.no_grad()
 def stage_inputs(pipe: SRPipeline, lr: torch.Tensor, eps: torch.Tensor, noise_map: torch.Tensor | None) -> dict[str, dict[str, torch.Tensor]]:
-    """Inputs of every stage when the PyTorch pipeline runs on ``lr`` with the given noise."""
+    """Inputs of every stage when the PyTorch pipeline runs the chain on ``lr`` (sides multiples
+    of 64) with the given noise."""
     lr = lr.float()
-    lq = lr * 2 - 1
-    lq_up = F.interpolate(lq, scale_factor=pipe.codec.scale, mode="bicubic")
-    z_y = pipe.codec.encode(lq_up)
-    x_t = pipe.schedule.prior_sample(z_y, eps)
+    tensors = chain.run(pipe.run_stage, chain.to_model_range(lr), eps, noise_map, pipe.schedule.prior_scale, pipe.codec.scale)
     extra = {} if noise_map is None else {"noise_map": noise_map}
-    x0 = GeneratorStage(pipe)(x_t, lq, noise_map)
-    return {
-        "encoder": {"lq_up": lq_up},
-        "generator": {"x_t": x_t, "lq": lq, **extra},
-        "decoder": {"z": x0},
-        "pipeline": {"lr": lr, "eps": eps, **extra},
-    }
+    return {**{stage.name: chain.stage_feeds(stage, tensors) for stage in chain.STAGES}, FUSED: {"lr": lr, "eps": eps, **extra}}

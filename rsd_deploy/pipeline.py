@@ -15,28 +15,16 @@ from typing import Callable, Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from . import chain
+from .chain import SIZE_MULTIPLE, pad_to_multiple
 from .models.unet import UNetModelSwin
-from .sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField, sample_multi_step, sample_one_step
+from .sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField, predict_x0, sample_multi_step, sample_one_step
 from .schedule import ResShiftSchedule
 
 # noise(stream, channels) -> N(0, 1) tensor shaped like the latent batch, `channels` deep
 NoiseSource = Callable[..., torch.Tensor]
-
-SIZE_MULTIPLE = 64  # LR (= latent) sizes the UNet accepts: 8x8 windows at 1/8 resolution
-
-
-def pad_to_multiple(x: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
-    """Pad bottom/right to a multiple: reflect as the reference does, replicate where an image is
-    too small to reflect (a 1-pixel input)."""
-    h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h == 0 and pad_w == 0:
-        return x
-    mode = "reflect" if pad_h < h and pad_w < w else "replicate"
-    return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -141,19 +129,33 @@ class SRPipeline(nn.Module):
 
     # --- the three stages, on [-1, 1] tensors whose LR size is a multiple of 64 ---------------
 
+    def run_stage(self, stage: str, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One stage of :mod:`rsd_deploy.chain` (a :data:`~rsd_deploy.chain.StageFn`)."""
+        if stage == chain.ENCODER.name:
+            return self.codec.encode(feeds["lq_up"])
+        if stage == chain.GENERATOR.name:
+            return predict_x0(self.unet, self.schedule, feeds["x_t"], feeds["lq"], self.schedule.steps - 1, feeds.get("noise_map"))
+        if stage == chain.DECODER.name:
+            return self.decode(feeds["z"])
+        raise ValueError(f"unknown stage {stage!r}; the chain has {', '.join(chain.STAGE_NAMES)}")
+
     def encode(self, lq: torch.Tensor) -> torch.Tensor:
         """LR image (B, 3, h, w) -> latent z_y (B, C, h, w) of its bicubic x4 upsampling."""
-        return self.codec.encode(F.interpolate(lq, scale_factor=self.codec.scale, mode="bicubic"))
+        return self.codec.encode(chain.upsample(lq, self.codec.scale))
 
-    def generate(self, z_y: torch.Tensor, lq: torch.Tensor, noise: NoiseSource, steps: int = 1) -> torch.Tensor:
-        """Latent x0 from z_y: one step at t = T-1, or the teacher's full T-step chain. Any other
-        count would run timesteps the network was never trained at: refused."""
+    def check_steps(self, steps: int) -> None:
+        """One step at t = T-1 or the schedule's full T-step chain: any other count would run
+        timesteps the network was never trained at, so it is refused."""
         total = self.schedule.steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps not in (1, total):
             hint = " (a 4-step ResShift v3 checkpoint needs its 4-step schedule: realsr_swinunet_realesrgan256_journal.yaml)" \
                 if steps == 4 and total == 15 else ""
             raise ValueError(f"steps: this model's schedule has {total} steps, so run 1 (one step at t = {total - 1}) "
                              f"or {total}, got {steps!r}{hint}")
+
+    def generate(self, z_y: torch.Tensor, lq: torch.Tensor, noise: NoiseSource, steps: int = 1) -> torch.Tensor:
+        """Latent x0 from z_y: one step at t = T-1, or the teacher's full T-step chain."""
+        self.check_steps(steps)
         noise_map = noise(NOISE_MAP_STREAM, self.unet.noise_channels) if self.takes_noise_map else None
         if steps == 1:
             return sample_one_step(self.unet, self.schedule, z_y, lq, noise(PRIOR_STREAM), noise_map)
@@ -198,15 +200,16 @@ class SRPipeline(nn.Module):
         """One image (3, h, w) in [0, 1] -> its x4 output as strips (3, rows, 4w) in [0, 1], top to
         bottom, each as soon as no later tile touches it. The same pixels as :meth:`forward` with
         noise sample ``sample``; memory is bounded by a row of tiles, not by the image."""
+        self.check_steps(steps)
         tiles = tiles or TileOptions()
         scale = self.codec.scale
         h, w = lr.shape[-2:]
-        padded = pad_to_multiple(lr[None].float() * 2 - 1)
+        padded = pad_to_multiple(chain.to_model_range(lr[None].float()))
         top = 0
         for hr in self._upscale_padded(padded, sample, steps, NoiseField(seed), tiles, progress):
             rows = min(hr.shape[1], h * scale - top)  # the padding is cropped
             if rows > 0:
-                yield ((hr[:, :rows, : w * scale] + 1) / 2).clamp(0, 1)
+                yield chain.to_image_range(hr[:, :rows, : w * scale])
             top += hr.shape[1]
 
     def _upscale_padded(self, lq, sample, steps, field, tiles: TileOptions, progress) -> Iterator[torch.Tensor]:
@@ -245,9 +248,14 @@ class SRPipeline(nn.Module):
             return torch.stack(crops).to(device=device, dtype=dtype)
 
         lq_tiles = lq_tiles.to(device=device, dtype=dtype)
-        latent = self.generate(self.encode(lq_tiles), lq_tiles, noise, steps)
+        if steps == 1:
+            noise_map = noise(NOISE_MAP_STREAM, self.unet.noise_channels) if self.takes_noise_map else None
+            tensors = chain.run(self.run_stage, lq_tiles, noise(PRIOR_STREAM), noise_map, self.schedule.prior_scale, self.codec.scale)
+            latent, hr = tensors["x0"], tensors["hr"]
+        else:
+            latent = self.generate(self.encode(lq_tiles), lq_tiles, noise, steps)
+            hr = self.decode(latent)
         _check_finite(latent, "generated latent", boxes)  # the decoder's clamp would turn Inf into white
-        hr = self.decode(latent)
         _check_finite(hr, "decoded image", boxes)
         return hr
 

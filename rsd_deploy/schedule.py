@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import chain
+
 
 def exponential_sqrt_etas(steps: int, min_noise: float, kappa: float, power: float = 0.3, etas_end: float = 0.99) -> np.ndarray:
     """sqrt(eta_t) for t = 0 .. T-1, in float64 as the reference computes it."""
@@ -52,9 +54,14 @@ class ResShiftSchedule:
         eta = self._at(self.etas, t, x0)
         return x0 + eta * (y - x0) + self.kappa * self._at(self.sqrt_etas, t, x0) * noise
 
+    @property
+    def prior_scale(self) -> float:
+        """kappa sqrt(eta_T): the prior is x_T = y + prior_scale * eps."""
+        return self.kappa * float(self.sqrt_etas[-1])
+
     def prior_sample(self, y: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """x_T = y + kappa sqrt(eta_T) eps: the starting point of sampling."""
-        return y + self.kappa * float(self.sqrt_etas[-1]) * noise
+        return chain.prior_sample(y, noise, self.prior_scale)
 
     def scale_input(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``normalize_input`` for latents: unit-variance network input."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..checkpoints import CheckpointError, build_pipeline, default_pipeline, load_pipeline
+from ..errors import one_line
 from ..pipeline import SRPipeline
 from ..presets import PRESETS
 
@@ -76,6 +77,6 @@ def run_command(prog: str, main: Callable[[], int], errors: tuple[type[BaseExcep
     try:
         return main()
     except (UsageError, CheckpointError, *errors) as error:
-        message = " ".join(str(error).split()) or type(error).__name__
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(error)}", file=sys.stderr)
         return USAGE_ERROR
+

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from ..atomic import TargetExistsError
 from ..imageio import ImageError, ImageTooLargeError, Picture, list_images, png_strips, read_image
 from ..models.attention import attention_backends
-from ..pipeline import SIZE_MULTIPLE, SRPipeline, TileOptions
+from ..chain import SIZE_MULTIPLE
+from ..pipeline import SRPipeline, TileOptions
 from .args import USAGE_ERROR, HelpFormatter, UsageError, add_model_arguments, load_model
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

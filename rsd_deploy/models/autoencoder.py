@@ -58,6 +58,7 @@ def nearest_codebook_entries(z: torch.Tensor, codebook: torch.Tensor, chunk: int
 class VQAutoencoder(nn.Module):
     """The VQ-f4 autoencoder as ResShift uses it; ``self.vq`` is a diffusers ``VQModel``."""
 
+    kind = "vq"
     scale = 4
 
     def __init__(self, config: dict | None = None):
@@ -80,6 +81,7 @@ class PixelUnshuffleCodec(nn.Module):
     """A parameter-free x4 "autoencoder": the latent is the HR image's 4x4 pixel blocks stacked
     on channels (48 channels at LR size). Used by the small demo models trained on a CPU."""
 
+    kind = "pixel_unshuffle"
     scale = 4
 
     def __init__(self, config: dict | None = None):

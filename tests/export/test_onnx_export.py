@@ -7,7 +7,8 @@ import torch
 from rsd_deploy.export import onnx_export
 from rsd_deploy.export.onnx_export import export_stage, graph_signature, read_metadata
 from rsd_deploy.export.parity import relative_l2, run_onnx, stage_parity
-from rsd_deploy.export.stages import STAGE_NAMES, ShapeRange, describe_stages, padded_size, stage_inputs_from_images
+from rsd_deploy.chain import padded_size
+from rsd_deploy.export.stages import STAGE_NAMES, ShapeRange, describe_stages, stage_inputs_from_images
 
 SHAPES = ShapeRange(batch=(1, 1, 2), height=(64, 64, 128), width=(64, 64, 128))
 

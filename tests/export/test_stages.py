@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from rsd_deploy.export.stages import STAGE_NAMES, ShapeRange, describe_stages, padded_size, stage_inputs_from_images
-from rsd_deploy.pipeline import pad_to_multiple
+from rsd_deploy.chain import padded_size
+from rsd_deploy.export.stages import STAGE_NAMES, ShapeRange, describe_stages, stage_inputs_from_images
+from rsd_deploy.chain import pad_to_multiple
 from rsd_deploy.sampling import sample_one_step
 
 

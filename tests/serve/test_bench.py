@@ -39,7 +39,7 @@ def test_every_selected_backend_is_measured_or_explained(report):
     reasons = {u["backend"]: u["reason"] for u in result["unavailable"]}
     assert "CUDA GPU" in reasons["pytorch-fp32-triton"]
     assert "CUDAExecutionProvider" in reasons["onnxruntime-cuda"]
-    assert reasons["tensorrt-fp16"].startswith(("TensorRT is not installed", "tensorrt", "no CUDA GPU"))
+    assert reasons["tensorrt-fp16"] == "running TensorRT engines needs a CUDA GPU"
     # unselected backends are listed too, never silently dropped
     assert reasons["torch-compile"] == "not selected (--backends)"
     assert set(measured) | set(reasons) == {b.name for b in bench.backends(torch.device("cpu"))}
@@ -53,10 +53,6 @@ def test_latency_memory_and_stage_breakdown(report):
         assert e2e["p50_ms"] > 0 and e2e["iterations"] == 1
         assert set(row["stages"]) == {"encoder", "generator", "decoder"}
         assert row["memory"]["peak_rss_mib"] > 100  # torch alone is more than that
-    # the 4-step chain runs the UNet 4 times where the student runs it once
-    (one,) = [r["stages"]["generator"]["p50_ms"] for r in rows(result, "upstream-rsd-1step")]
-    (many,) = [r["stages"]["generator"]["p50_ms"] for r in rows(result, "upstream-resshift")]
-    assert many > 2 * one
     assert "4 steps" in result["backends"]["upstream-resshift"]["notes"]
     for row in rows(result, "pytorch-fp32"):
         assert row["speedup_vs_upstream_rsd"] > 0 and row["speedup_vs_upstream_resshift"] > 0
