@@ -21,14 +21,16 @@ from rsd_deploy.cli.args import HelpFormatter, add_model_arguments, load_model, 
 
 from . import tensorrt as trt_tools
 from .onnx_export import ATTENTION_MODES, EXPORTERS, ExportError
-from .precision import CALIBRATION_METHODS, PRECISIONS
+from .precision import CALIBRATION_METHODS
+from .precisions import PRECISIONS
 from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange
 from .workflow import ExportOptions, OptionError, export_all
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsd-export", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--precision", choices=PRECISIONS, default="fp16", help="graph precision")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="fp16",
+                        help="graph precision: " + "; ".join(f"{p.name}: {p.summary}" for p in PRECISIONS.values()))
     add_model_arguments(parser)
     shapes = parser.add_argument_group("shapes (LR pixels, multiples of 64)")
     shapes.add_argument("--lr-size", default="64,64,256", help="LR side range MIN,OPT,MAX or one size")

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import time
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,34 +20,13 @@ from rsd_deploy import chain
 from rsd_deploy.distill.losses import LPIPSLoss
 from rsd_deploy.pipeline import SRPipeline
 
+from .runners.onnxruntime_runner import onnxruntime_session
 from .stages import StageSpec
-
-
-def providers() -> list[str]:
-    """CUDA EP where the installed ONNX Runtime has it, always the CPU EP."""
-    import onnxruntime as ort  # an extra ([cpu] or [gpu]): imported when a graph is run, not with this module
-
-    available = ort.get_available_providers()
-    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-
-
-@lru_cache(maxsize=16)
-def _session(path: str, mtime: float) -> "ort.InferenceSession":
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(path, options, providers=providers())
-
-
-def session(path: str | Path) -> "ort.InferenceSession":
-    path = Path(path)
-    return _session(str(path), path.stat().st_mtime)
 
 
 def run_onnx(path: str | Path, feeds: dict[str, torch.Tensor | np.ndarray]) -> list[np.ndarray]:
     arrays = {k: (v.numpy() if isinstance(v, torch.Tensor) else v).astype(np.float32) for k, v in feeds.items()}
-    return session(path).run(None, arrays)
+    return onnxruntime_session(path).run(None, arrays)
 
 
 def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:

@@ -35,8 +35,6 @@ from rsd_deploy.atomic import atomic_path
 
 from .onnx_export import read_metadata, set_metadata
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
 # fp16: op types that overflow or lose the result in fp16
 FP32_OP_TYPES = (
     "GroupNormalization",

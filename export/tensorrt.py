@@ -42,9 +42,9 @@ from typing import Iterable
 
 from rsd_deploy.atomic import atomic_path
 
+from .precisions import PRECISIONS
 from .stages import ShapeRange, StageSpec
 
-DEFAULT_OPT_LEVEL = {"fp32": 3, "fp16": 3, "int8": 4}  # NVIDIA's diffusion demo builds INT8 at level 4
 ENGINE_CHOICES = ("auto", "tensorrt", "tensorrt-rtx", "none")
 Profile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
 
@@ -366,7 +366,7 @@ def cached_engine(
         except ImportError as error:
             record.error = f"window-attention plugin: {error}"
             return record
-    opt_level = DEFAULT_OPT_LEVEL[precision] if opt_level is None else opt_level
+    opt_level = PRECISIONS[precision].opt_level if opt_level is None else opt_level
     profile = shapes.profile(stage)
     key = engine_cache_key(file_sha256(onnx_path), precision, profile, target.cache_fields(), opt_level)
     path = Path(cache_dir) / engine_file_name(stage.name, precision, key)

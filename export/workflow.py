@@ -33,13 +33,14 @@ from rsd_deploy.pipeline import SRPipeline
 from . import calibration as calib
 from . import tensorrt as trt_tools
 from .onnx_export import ATTENTION_MODES, EXPORTERS, export_stage, graph_signature
-from .parity import lpips_distance, providers, psnr, stage_parity, upscale_onnx
-from .precision import CALIBRATION_METHODS, PRECISIONS, convert_fp16, quantize_int8
+from .parity import lpips_distance, psnr, stage_parity, upscale_onnx
+from .runners.onnxruntime_runner import default_providers
+from .precision import CALIBRATION_METHODS
+from .precisions import PRECISIONS
 from .report import write_report
 from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs_from_images
 
 FP32_PARITY_TARGET = 1e-4
-ENGINE_TOLERANCE = {"fp32": 1e-3, "fp16": 2e-2, "int8": 1e-1}  # engine vs ONNX Runtime, same graph
 INCOMPLETE_MARKER = "INCOMPLETE"
 CROP_MULTIPLE = 4 * 64  # HR crops whose LR side is a multiple of 64
 
@@ -93,7 +94,7 @@ class ExportOptions:
                               "plugin kernel; use --precision fp32 (strongly typed TensorRT builds it as fp32)")
         if self.seed < 0:
             raise OptionError(f"--seed: expected a non-negative integer, got {self.seed}")
-        if self.precision != "fp32":
+        if PRECISIONS[self.precision].calibrated:
             if self.calib_count < 1:
                 raise OptionError(f"--calib-count: expected at least 1, got {self.calib_count}")
             if self.eval_count < 1:
@@ -254,22 +255,19 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
 
     # 2. reduced precision: fp16 casts or calibrated INT8 Q/DQ
     graphs = dict(fp32_paths)
-    if options.precision != "fp32":
+    if PRECISIONS[options.precision].calibrated:
         cal_set = calib.load_calibration(options.calib_dir, options.calib_count + options.eval_count, options.hr_crop, options.seed)
         cal_set, held_out = cal_set.split(options.eval_count)
         log(f"calibration images: {cal_set.source}, {len(cal_set.names)} crops (+ {len(held_out.names)} held out)")
         report.calibration, report.evaluation = cal_set.to_json(), held_out.to_json()
         cal_inputs = stage_inputs_from_images(pipe, cal_set.lr, seed=options.seed)
         graphs = {}
+        precision = PRECISIONS[options.precision]
         for name in options.stages:
             path = out / onnx_file_name(name, options.precision)
             arrays = {k: v.numpy() for k, v in cal_inputs[name].items()}
-            if options.precision == "fp16":
-                details, seconds = timed(f"{name}: fp16 with fp32 islands (ModelOpt AutoCast)", convert_fp16, fp32_paths[name], path,
-                                         {k: v[:1] for k, v in arrays.items()})
-            else:
-                details, seconds = timed(f"{name}: INT8 Q/DQ, {options.int8_method} calibration on {len(cal_set.names)} crops (ModelOpt)",
-                                         quantize_int8, fp32_paths[name], path, arrays, options.int8_method, options.int8_high_precision)
+            details, seconds = timed(f"{name}: {precision.summary}, {len(cal_set.names)} calibration crops", precision.convert,
+                                     fp32_paths[name], path, arrays, options)
             log(f"  {details}")
             report.precision_details[name] = details
             graphs[name] = path
@@ -317,7 +315,7 @@ def _quality(pipe: SRPipeline, stages, graphs: dict[str, Path], held_out: calib.
         try:
             hr = upscale_onnx(chosen, pipe, inputs["lr"], inputs["eps"], inputs.get("noise_map"))
         except Exception as error:  # e.g. an ONNX Runtime build without an fp16 kernel for some op
-            notes.append(f"{label}: ONNX Runtime ({', '.join(providers())}) could not run the {options.precision} graphs: {str(error).splitlines()[0]}")
+            notes.append(f"{label}: ONNX Runtime ({', '.join(default_providers())}) could not run the {options.precision} graphs: {str(error).splitlines()[0]}")
             continue
         seconds = time.perf_counter() - start
         row = {"graphs": label, "psnr_db": psnr(hr, reference), "lpips": lpips_distance(lpips, hr, reference),
@@ -330,7 +328,7 @@ def _quality(pipe: SRPipeline, stages, graphs: dict[str, Path], held_out: calib.
 def _engines(options: ExportOptions, target, reason: str, stages, graphs: dict[str, Path], real, failures: list[str], log) -> dict:
     """Build (or take from the cache) one engine per graph; without a flavour that can build
     here, the TensorRT 10/11 commands that build them elsewhere."""
-    opt_level = options.opt_level if options.opt_level is not None else trt_tools.DEFAULT_OPT_LEVEL[options.precision]
+    opt_level = options.opt_level if options.opt_level is not None else PRECISIONS[options.precision].opt_level
     if target is None:
         commands = []
         for name, path in graphs.items():
@@ -357,7 +355,7 @@ def _engines(options: ExportOptions, target, reason: str, stages, graphs: dict[s
         elif not can_run:
             entry["comparison"] = "not run: running an engine needs a GPU"
         else:
-            tolerance = ENGINE_TOLERANCE[options.precision]
+            tolerance = PRECISIONS[options.precision].engine_tolerance
             entry["comparison"] = trt_tools.compare_with_onnxruntime(path, Path(record.engine), target.flavour, [real[name]], atol=tolerance, rtol=tolerance)
             if not entry["comparison"]["passed"]:
                 failures.append(f"{name} {options.precision} engine differs from ONNX Runtime: {entry['comparison']}")
