@@ -21,6 +21,7 @@ Graph inputs and outputs stay float32 in every precision, so all variants share 
 from __future__ import annotations
 
 import contextlib
+import heapq
 import io
 import logging
 import re
@@ -115,11 +116,46 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: dict[
         )
     summary = fp16_summary(model)
     _drop_intermediate_shapes(model)
+    canonical_order(model)
     set_metadata(model, **{**read_metadata(source), "precision": "fp16"})
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return summary
+
+
+def canonical_order(model: onnx.ModelProto) -> None:
+    """Put nodes in a topological order that depends on their names only, and value infos in
+    name order. The converters insert nodes in set / dict order, which changes with
+    PYTHONHASHSEED; the same graph must give the same bytes, or every re-export misses the
+    engine cache."""
+    graph = model.graph
+    produced = {out: node.name for node in graph.node for out in node.output}
+    waiting = {node.name: {produced[i] for i in node.input if i in produced} for node in graph.node}
+    consumers: dict[str, list[str]] = {}
+    for name, needs in waiting.items():
+        for need in needs:
+            consumers.setdefault(need, []).append(name)
+    by_name = {node.name: node for node in graph.node}
+    if len(by_name) != len(graph.node):
+        raise ValueError("canonical_order needs unique node names")
+    ready = [name for name, needs in waiting.items() if not needs]
+    heapq.heapify(ready)
+    ordered = []
+    while ready:
+        name = heapq.heappop(ready)
+        ordered.append(by_name[name])
+        for consumer in consumers.get(name, ()):
+            waiting[consumer].discard(name)
+            if not waiting[consumer]:
+                heapq.heappush(ready, consumer)
+    if len(ordered) != len(graph.node):
+        raise ValueError("graph has a cycle")
+    del graph.node[:]
+    graph.node.extend(ordered)
+    infos = sorted(graph.value_info, key=lambda value: value.name)
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
 
 
 def _drop_intermediate_shapes(model: onnx.ModelProto) -> None:

@@ -82,3 +82,25 @@ def test_int8_rejects_unknown_method(graphs):
     out, paths, real = graphs
     with pytest.raises(ValueError, match="calibration method"):
         quantize_int8(paths["decoder"], out / "x.onnx", {}, method="percentile-ish")
+
+
+def test_fp16_conversion_is_deterministic_across_hash_seeds(graphs, tmp_path):
+    """The same fp32 graph gives the same fp16 bytes whatever PYTHONHASHSEED is, so a re-export
+    hits the engine cache (AutoCast inserts its casts in set order)."""
+    import hashlib
+    import os
+    import subprocess
+    import sys
+
+    out, paths, real = graphs
+    np.savez(tmp_path / "calibration.npz", **{k: v[:1].numpy() for k, v in real["generator"].items()})
+    script = ("import sys, numpy as np; from rsd_deploy.export.precision import convert_fp16; "
+              "data = np.load(sys.argv[2]); convert_fp16(sys.argv[1], sys.argv[3], {k: data[k] for k in data.files})")
+    digests = set()
+    for seed in ("1", "2"):
+        target = tmp_path / f"generator.{seed}.onnx"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        subprocess.run([sys.executable, "-c", script, str(paths["generator"]), str(tmp_path / "calibration.npz"), str(target)],
+                       check=True, env=env, capture_output=True, timeout=600)
+        digests.add(hashlib.sha256(target.read_bytes()).hexdigest())
+    assert len(digests) == 1
