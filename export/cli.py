@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--attention", choices=ATTENTION_MODES, default="reference",
                         help="plugin: each window attention becomes one TensorRT plugin node (fp32 only; such graphs "
                         "run in TensorRT only, so the ONNX Runtime parity checks are skipped)")
+    parser.add_argument("--single-input", action="store_true",
+                        help="write the fused graph with its noise baked in (lr -> hr, the only input is the image), for tools "
+                        "that run one-input SR models (vs-mlrt, chaiNNer); needs pipeline in --stages")
     parser.add_argument("--triton-repo", type=Path,
                         help="also write a Triton Inference Server model repository here (TensorRT plans when built, else the ONNX graphs)")
     return parser
@@ -86,7 +89,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         seed=args.seed, calib_dir=args.calib_dir, calib_count=args.calib_count, eval_count=args.eval_count, crop=args.crop,
         int8_method=args.int8_method, int8_high_precision=args.int8_high_precision, engine=args.engine,
         compute_capabilities=args.compute_capabilities, opt_level=args.opt_level, engine_cache=args.engine_cache,
-        triton_repo=args.triton_repo,
+        triton_repo=args.triton_repo, single_input=args.single_input,
     )
     options.validate()
     return options

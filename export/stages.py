@@ -52,10 +52,12 @@ import torch.nn as nn
 from rsd_deploy import chain
 from rsd_deploy.chain import SIZE_MULTIPLE
 from rsd_deploy.pipeline import SRPipeline
+from rsd_deploy.sampling import NOISE_MAP_STREAM, PRIOR_STREAM, NoiseField
 
 CHAINED_STAGES = chain.STAGE_NAMES  # run one after another, they make the pipeline
 FUSED = "pipeline"  # the whole chain as one graph
 STAGE_NAMES = (*CHAINED_STAGES, FUSED)
+SINGLE_INPUT = "pipeline_single_input"  # the fused graph with its noise baked in: lr -> hr
 Shape = tuple[int, ...]
 
 
@@ -139,6 +141,11 @@ class ShapeRange:
             and width % SIZE_MULTIPLE == 0
         )
 
+    def covers(self, other: "ShapeRange") -> bool:
+        """Whether every shape ``other`` accepts is inside this range (its min and max)."""
+        pairs = ((self.batch, other.batch), (self.height, other.height), (self.width, other.width))
+        return all(mine[0] <= theirs[0] and theirs[2] <= mine[2] for mine, theirs in pairs)
+
     def to_json(self) -> dict:
         return {"batch": list(self.batch), "lr_height": list(self.height), "lr_width": list(self.width)}
 
@@ -185,6 +192,45 @@ class OneStepPipeline(nn.Module):
 
         pipe = self.pipe
         return chain.upscale(stage, lr, eps, noise_map, pipe.schedule.prior_scale, pipe.codec.scale)
+
+
+class SingleInputPipeline(nn.Module):
+    """The fused graph with its noise baked in, for tools that feed a model one image and take
+    one image back (vs-mlrt, chaiNNer): ``lr`` -> ``hr``. The noise is what ``rsd-upscale
+    --seed S`` draws for an image's top-left corner (:class:`~rsd_deploy.sampling.NoiseField`
+    sample 0), stored once at the largest padded size and sliced to each input's."""
+
+    def __init__(self, pipe: SRPipeline, max_height: int, max_width: int, seed: int = 0):
+        super().__init__()
+        self.fused = OneStepPipeline(pipe)
+        field = NoiseField(seed)
+        self.register_buffer("eps", field.crop(0, PRIOR_STREAM, pipe.codec.latent_channels, 0, 0, max_height, max_width)[None])
+        noise_map = field.crop(0, NOISE_MAP_STREAM, pipe.unet.noise_channels, 0, 0, max_height, max_width)[None] if pipe.takes_noise_map else None
+        self.register_buffer("noise_map", noise_map)
+
+    def forward(self, lr: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = lr.shape
+        # the padded size, written without max() so an export keeps it symbolic (sides are >= 1)
+        padded_h = (height + SIZE_MULTIPLE - 1) // SIZE_MULTIPLE * SIZE_MULTIPLE
+        padded_w = (width + SIZE_MULTIPLE - 1) // SIZE_MULTIPLE * SIZE_MULTIPLE
+
+        def sliced(noise: torch.Tensor) -> torch.Tensor:
+            return noise[:, :, :padded_h, :padded_w].expand(batch, -1, -1, -1)
+
+        noise_map = sliced(self.noise_map) if self.noise_map is not None else None
+        return self.fused(lr, sliced(self.eps), noise_map)
+
+
+def single_input_stage(pipe: SRPipeline, shapes: ShapeRange, seed: int = 0) -> "StageSpec":
+    """The description of :class:`SingleInputPipeline` for images up to ``shapes``' largest
+    size (its noise is stored at that size)."""
+    return StageSpec(
+        SINGLE_INPUT,
+        f"fused one-step SR with noise baked in (seed {seed}): LR [0, 1] -> HR [0, 1], the only input is the image",
+        (TensorSpec("lr", 3, doc="LR image in [0, 1], any size up to the exported maximum", aligned=False),),
+        (TensorSpec("hr", 3, scale=pipe.codec.scale, doc="HR image in [0, 1], 4x the size of lr", aligned=False),),
+        lambda p: SingleInputPipeline(p, shapes.height[2], shapes.width[2], seed),
+    )
 
 
 # --- stage descriptions ------------------------------------------------------------------------

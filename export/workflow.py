@@ -33,16 +33,17 @@ from rsd_deploy.pipeline import SRPipeline
 from . import calibration as calib
 from . import tensorrt as trt_tools
 from .onnx_export import ATTENTION_MODES, EXPORTERS, export_stage, graph_signature
-from .parity import lpips_distance, psnr, stage_parity, upscale_onnx
+from .parity import lpips_distance, psnr, run_onnx, stage_parity, upscale_onnx
 from .runners.onnxruntime_runner import default_providers
 from .precision import CALIBRATION_METHODS
 from .precisions import PRECISIONS
 from .report import write_report
-from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name, stage_inputs_from_images
+from .stages import CHAINED_STAGES, FUSED, SINGLE_INPUT, STAGE_NAMES, ShapeRange, StageSpec, describe_stages, onnx_file_name, single_input_stage, stage_inputs_from_images
 
 FP32_PARITY_TARGET = 1e-4
 INCOMPLETE_MARKER = "INCOMPLETE"
 CROP_MULTIPLE = 4 * 64  # HR crops whose LR side is a multiple of 64
+ATTENTION_STAGES = ("generator", FUSED, SINGLE_INPUT)  # the graphs with window attention (plugin nodes)
 
 
 class OptionError(ValueError):
@@ -69,6 +70,7 @@ class ExportOptions:
     opt_level: int | None = None
     engine_cache: Path | None = None  # default OUT/engines
     triton_repo: Path | None = None
+    single_input: bool = False  # the fused graph with its noise baked in (lr -> hr), for one-input tools
 
     @property
     def hr_crop(self) -> int:
@@ -85,6 +87,8 @@ class ExportOptions:
         unknown = [s for s in self.stages if s not in STAGE_NAMES]
         if unknown or not self.stages:
             raise OptionError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)} or 'all'")
+        if self.single_input and FUSED not in self.stages:
+            raise OptionError(f"--single-input bakes the noise into the fused graph: add {FUSED} to --stages (or use --stages all)")
         if self.exporter not in EXPORTERS:
             raise OptionError(f"--exporter: expected one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
         if self.attention not in ATTENTION_MODES:
@@ -195,8 +199,8 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
     started = time.perf_counter()
     out = options.out
     target, engine_reason = trt_tools.resolve_target(options.engine, options.compute_capabilities)
-    stages = describe_stages(pipe)
     shapes = options.shapes
+    stages = exported_stages(pipe, options)
     report = ExportReport(
         precision=options.precision,
         model={"description": pipe.description, "untrained": pipe.description.startswith("UNTRAINED"), "takes_noise_map": pipe.takes_noise_map,
@@ -207,7 +211,7 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
         attention=options.attention,
         versions=versions(),
         host=f"{platform.machine()} CPU x{torch.get_num_threads()} threads" + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""),
-        stages={name: stages[name].to_json() for name in options.stages},
+        stages={name: spec.to_json() for name, spec in stages.items()},
     )
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / INCOMPLETE_MARKER) as tmp:
@@ -229,16 +233,15 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
     # 1. fp32 graphs, proven against PyTorch on fresh random inputs and on a real photo
     fp32_paths: dict[str, Path] = {}
     eval_images = calib.bundled_photos(1, 4 * max(shapes.height[1], shapes.width[1]), seed=options.seed + 1000)
-    real = stage_inputs_from_images(pipe, eval_images.lr[:, :, : shapes.height[1], : shapes.width[1]], seed=options.seed)
+    real = _inputs(pipe, eval_images.lr[:, :, : shapes.height[1], : shapes.width[1]], options.seed)
     plugin = options.attention == "plugin"
-    for index, name in enumerate(options.stages, 1):
-        stage = stages[name]
-        log(f"[{index}/{len(options.stages)}] {name}: {stage.summary}")
+    for index, (name, stage) in enumerate(stages.items(), 1):
+        log(f"[{index}/{len(stages)}] {name}: {stage.summary}")
         path = out / onnx_file_name(name, "fp32")
         _, seconds = timed("export fp32 ONNX", export_stage, stage, pipe, path, shapes, options.exporter, attention=options.attention)
         fp32_paths[name] = path
         add_artifact(name, "fp32", path, seconds)
-        if plugin and name in ("generator", "pipeline"):
+        if plugin and name in ATTENTION_STAGES:
             log("  parity: skipped (plugin attention nodes run in TensorRT only)")
             report.parity.append({"stage": name, "inputs": "skipped: plugin attention (TensorRT only)", "relative_l2": None,
                                   "torch_s": None, "onnxruntime_s": None})
@@ -260,10 +263,10 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
         cal_set, held_out = cal_set.split(options.eval_count)
         log(f"calibration images: {cal_set.source}, {len(cal_set.names)} crops (+ {len(held_out.names)} held out)")
         report.calibration, report.evaluation = cal_set.to_json(), held_out.to_json()
-        cal_inputs = stage_inputs_from_images(pipe, cal_set.lr, seed=options.seed)
+        cal_inputs = _inputs(pipe, cal_set.lr, options.seed)
         graphs = {}
         precision = PRECISIONS[options.precision]
-        for name in options.stages:
+        for name in stages:
             path = out / onnx_file_name(name, options.precision)
             arrays = {k: v.numpy() for k, v in cal_inputs[name].items()}
             details, seconds = timed(f"{name}: {precision.summary}, {len(cal_set.names)} calibration crops", precision.convert,
@@ -295,25 +298,49 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
     return report
 
 
+def exported_stages(pipe: SRPipeline, options: ExportOptions) -> dict[str, StageSpec]:
+    """The descriptions of the graphs this run writes, in order (``--single-input`` puts the
+    noise-baked fused graph in the fused one's place)."""
+    described = describe_stages(pipe)
+    stages = {}
+    for name in options.stages:
+        if name == FUSED and options.single_input:
+            stages[SINGLE_INPUT] = single_input_stage(pipe, options.shapes, options.seed)
+        else:
+            stages[name] = described[name]
+    return stages
+
+
+def _inputs(pipe: SRPipeline, lr: torch.Tensor, seed: int) -> dict[str, dict[str, torch.Tensor]]:
+    """Every graph's inputs for real LR images (see :func:`stage_inputs_from_images`)."""
+    inputs = stage_inputs_from_images(pipe, lr, seed=seed)
+    return {**inputs, SINGLE_INPUT: {"lr": inputs[FUSED]["lr"]}}
+
+
 def _quality(pipe: SRPipeline, stages, graphs: dict[str, Path], held_out: calib.CalibrationSet, options: ExportOptions, log) -> dict:
     """PSNR / LPIPS of reduced-precision HR images vs the fp32 PyTorch pipeline."""
-    inputs = stage_inputs_from_images(pipe, held_out.lr, seed=options.seed + 1)["pipeline"]
+    inputs = _inputs(pipe, held_out.lr, options.seed + 1)
+    fused = inputs[FUSED]
     with torch.no_grad():
-        reference = stages["pipeline"].module(pipe)(*inputs.values())
+        reference = describe_stages(pipe)[FUSED].module(pipe)(*fused.values())
     lpips = LPIPSLoss("auto")
     lpips_fp32_to_hr = lpips_distance(lpips, reference, held_out.hr)
     rows, notes = [], []
-    candidates = []
+    candidates = []  # (label, the graphs' HR images, the fp32 PyTorch reference of the same)
     if all(name in graphs for name in CHAINED_STAGES):
-        candidates.append(("encoder+generator+decoder", {n: graphs[n] for n in CHAINED_STAGES}))
-    if "pipeline" in graphs:
-        candidates.append(("pipeline (fused)", {"pipeline": graphs["pipeline"]}))
+        candidates.append(("encoder+generator+decoder", lambda: upscale_onnx({n: graphs[n] for n in CHAINED_STAGES}, pipe, fused["lr"], fused["eps"], fused.get("noise_map")), reference))
+    if FUSED in graphs:
+        candidates.append(("pipeline (fused)", lambda: upscale_onnx({FUSED: graphs[FUSED]}, pipe, fused["lr"], fused["eps"], fused.get("noise_map")), reference))
+    if SINGLE_INPUT in graphs:
+        with torch.no_grad():
+            baked = stages[SINGLE_INPUT].module(pipe)(fused["lr"])
+        candidates.append(("pipeline (single input, noise baked in)", lambda: torch.from_numpy(run_onnx(graphs[SINGLE_INPUT], {"lr": fused["lr"]})[0]), baked))
     if not candidates:
         notes.append("HR quality needs the fused pipeline graph or all of encoder, generator, decoder: not measured")
-    for label, chosen in candidates:
+    for label, upscale, reference in candidates:
         start = time.perf_counter()
         try:
-            hr = upscale_onnx(chosen, pipe, inputs["lr"], inputs["eps"], inputs.get("noise_map"))
+            hr = upscale()
         except Exception as error:  # e.g. an ONNX Runtime build without an fp16 kernel for some op
             notes.append(f"{label}: ONNX Runtime ({', '.join(default_providers())}) could not run the {options.precision} graphs: {str(error).splitlines()[0]}")
             continue
@@ -350,7 +377,7 @@ def _engines(options: ExportOptions, target, reason: str, stages, graphs: dict[s
         entry = asdict(record)
         if not record.ok:
             failures.append(f"{name} {options.precision} engine ({record.target}) failed: {record.error}")
-        elif options.attention == "plugin" and name in ("generator", "pipeline"):
+        elif options.attention == "plugin" and name in ATTENTION_STAGES:
             entry["comparison"] = "skipped: plugin attention nodes do not run in ONNX Runtime"
         elif not can_run:
             entry["comparison"] = "not run: running an engine needs a GPU"

@@ -148,3 +148,21 @@ def test_triton_repository_written_beside_the_graphs(checkpoint, tmp_path, capsy
     configs = check_repository(repo)  # every config.pbtxt parsed by Triton's own protobuf
     assert {"rsd_sr", "rsd_encoder", "rsd_generator", "rsd_decoder"} <= set(configs)
     assert json.loads((out / "report.json").read_text())["triton_repository"]["stage_backend"] == "onnxruntime"
+
+
+def test_single_input_graph(checkpoint, tmp_path, capsys):
+    from rsd_deploy.export.parity import run_onnx
+    from rsd_deploy.export.stages import SINGLE_INPUT
+
+    out = tmp_path / "single"
+    assert main(["--checkpoint", str(checkpoint), "--precision", "fp32", "--stages", "encoder", "--single-input", "--out", str(out)]) == 2
+    assert "--single-input bakes the noise into the fused graph" in capsys.readouterr().err
+    code = main(["--checkpoint", str(checkpoint), "--precision", "fp32", "--stages", "pipeline", "--single-input", "--lr-size", "64,64,128",
+                 "--batch", "1", "--engine", "none", "--out", str(out)])
+    assert code == 0
+    graph = onnx.load(str(out / f"{SINGLE_INPUT}.fp32.onnx"))
+    assert [i.name for i in graph.graph.input] == ["lr"]
+    report = json.loads((out / "report.json").read_text())
+    assert {row["stage"] for row in report["parity"]} == {SINGLE_INPUT} and report["failures"] == []
+    lr = torch.rand(1, 3, 50, 70)  # any size up to the maximum: padded inside
+    assert run_onnx(out / f"{SINGLE_INPUT}.fp32.onnx", {"lr": lr})[0].shape == (1, 3, 200, 280)

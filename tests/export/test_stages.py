@@ -73,3 +73,17 @@ def test_stage_inputs_chain_into_each_other(tiny_rsd):
     torch.testing.assert_close(fused, chained.clamp(0, 1), rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="multiples of 64"):
         stage_inputs_from_images(pipe, torch.rand(1, 3, 50, 64))
+
+
+def test_single_input_graph_bakes_rsd_upscales_noise(tiny_rsd):
+    """Its only input is the image; the noise is rsd-upscale's for the seed, so an image that
+    fits one tile comes out exactly as rsd-upscale makes it."""
+    from rsd_deploy.export.stages import single_input_stage
+
+    spec = single_input_stage(tiny_rsd, ShapeRange(), seed=7)
+    assert spec.input_names == ("lr",) and spec.output_names == ("hr",)
+    lr = torch.rand(1, 3, 40, 70, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        baked = spec.module(tiny_rsd)(lr)
+        assert spec.module(tiny_rsd)(lr.expand(2, -1, -1, -1)).shape == (2, 3, 160, 280)  # one noise for every image
+    torch.testing.assert_close(baked, tiny_rsd(lr, seed=7), rtol=0, atol=1e-6)
