@@ -8,9 +8,10 @@ Per op (this model's attention: 6 heads x 32, windows of 8x8), for each map size
 per side, the UNet levels at a 64x64 latent, and 128 for a 128x128 latent), batch 1 and 16, shift 0 / 4:
 median time of the eager reference, SDPA with an additive float mask (the model's ``sdpa``
 backend, the strongest library baseline) and the Triton kernel (default launch, and with two neighbouring windows per program
-as a tuning comparison), measured side by side in one run (``triton.testing.do_bench``: warm-up,
-then the median over repetitions, L2 flushed before each call; ``--graphs`` adds CUDA-graph
-timings, which remove launch overhead at batch 1 and keep L2 warm). Achieved bandwidth counts the bytes the op must move (qkv in, out
+as a tuning comparison), measured side by side in one run (:class:`rsd_deploy.timing.Timer`: CUDA
+events, 10 warm-up calls, then the median over the calls made within the time budget, L2 flushed
+before each call, as ``triton.testing.do_bench``; ``--graphs`` adds CUDA-graph timings, which remove
+launch overhead at batch 1 and keep L2 warm). Achieved bandwidth counts the bytes the op must move (qkv in, out
 back, the bias once) and is reported against this device's measured copy bandwidth and against
 a 3.0 TB/s H100 figure (the project's kernel targets). Every timed configuration is first checked against
 the reference (relative error column).
@@ -28,10 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 H100_HBM_TBPS = 3.0  # the measured H100 HBM bandwidth the project's kernel targets quote
@@ -51,48 +49,27 @@ def _parse(argv):
     return p.parse_args(argv)
 
 
-def _env(device):
-    import torch
-    import triton
-
-    info = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "cuda_runtime": torch.version.cuda,
-        "device": "cpu (smoke run)" if device.type == "cpu" else torch.cuda.get_device_name(device),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(sm=f"{props.major}{props.minor}", sms=props.multi_processor_count, memory_gib=round(props.total_memory / 2**30, 1))
-    return info
+GRAPH_CALLS = 10  # calls captured in one CUDA graph for the --graphs timings
 
 
-class Timer:
-    """Median milliseconds: CUDA events via triton.testing on a GPU, wall clock in a smoke run."""
+def median_ms(device, fn, graph: bool = False, budget_s: float = 0.2) -> float:
+    """Median milliseconds of a call, by :mod:`rsd_deploy.timing`: on a GPU, CUDA events after 10
+    warm-up calls, as many calls as fit in ``budget_s`` (at least 10), L2 flushed before each;
+    ``graph=True`` times replays of :data:`GRAPH_CALLS` calls captured in one CUDA graph (no launch
+    overhead, L2 kept warm). In a smoke run (CPU): one warm-up call, then three wall-clock calls."""
+    from rsd_deploy import timing
 
-    def __init__(self, device):
-        self.device = device
-
-    def __call__(self, fn, graph: bool = False, rep_ms: int = 200) -> float:
-        import torch
-
-        if self.device.type == "cpu":
-            fn()
-            times = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-            return statistics.median(times)
-        from triton.testing import do_bench, do_bench_cudagraph
-
-        if graph:  # replays n calls captured in one graph: no launch overhead, no L2 flush
-            return do_bench_cudagraph(fn, rep=min(rep_ms, 100), return_mode="median")
-        return do_bench(fn, warmup=50, rep=rep_ms, return_mode="median")
+    if device.type == "cpu":
+        return timing.Timer(device, warmup=1, min_iters=3, max_iters=3, budget_s=0.0).measure(fn)[0].p50_ms
+    if graph:
+        replay = timing.cuda_graph(fn, GRAPH_CALLS)
+        timer = timing.Timer(device, warmup=3, min_iters=10, max_iters=100_000, budget_s=min(budget_s, 0.1))
+        return timer.measure(replay)[0].p50_ms / GRAPH_CALLS
+    timer = timing.Timer(device, warmup=10, min_iters=10, max_iters=100_000, budget_s=budget_s, flush_l2=True)
+    return timer.measure(fn)[0].p50_ms
 
 
-def copy_bandwidth_tbps(device, timer) -> float | None:
+def copy_bandwidth_tbps(device) -> float | None:
     """Device-to-device copy of 1 GiB: reads + writes per second, this GPU's practical roofline."""
     import torch
 
@@ -100,11 +77,11 @@ def copy_bandwidth_tbps(device, timer) -> float | None:
         return None
     src = torch.empty(2**29, dtype=torch.float16, device=device)
     dst = torch.empty_like(src)
-    ms = timer(lambda: dst.copy_(src), rep_ms=500)
+    ms = median_ms(device, lambda: dst.copy_(src), budget_s=0.5)
     return 2 * src.numel() * src.element_size() / (ms * 1e-3) / 1e12
 
 
-def bench_ops(args, device, timer, roofline_tbps):
+def bench_ops(args, device, roofline_tbps):
     import torch
 
     from rsd_deploy.kernels.window_attention import window_attention
@@ -136,9 +113,9 @@ def bench_ops(args, device, timer, roofline_tbps):
                 err = max(e for name, e in errs.items() if name.startswith("triton"))
                 row = {"grid": grid, "batch": batch, "shift": shift, "rel_err": err}
                 for name, fn in fns.items():
-                    row[f"{name}_us"] = timer(fn) * 1e3
+                    row[f"{name}_us"] = median_ms(device, fn) * 1e3
                     if args.graphs and device.type == "cuda":
-                        row[f"{name}_graph_us"] = timer(fn, graph=True) * 1e3
+                        row[f"{name}_graph_us"] = median_ms(device, fn, graph=True) * 1e3
                 moved = (4 * c * batch * grid * grid + bias.numel()) * qkv.element_size()
                 row["bytes"] = moved
                 row["triton_tbps"] = moved / (row["triton_us"] * 1e-6) / 1e12
@@ -173,7 +150,7 @@ def _op_header(graphs: bool) -> str:
     return "| " + " | ".join(cols) + " |\n" + "|---" * len(cols) + "|"
 
 
-def bench_models(args, device, timer):
+def bench_models(args, device):
     import torch
 
     from rsd_deploy.checkpoints import build_pipeline
@@ -197,8 +174,8 @@ def bench_models(args, device, timer):
         for backend in ("reference", "sdpa", "triton"):
             unet.set_attention_backend(backend)
             with torch.no_grad():
-                unet_ms = timer(lambda: unet(x, t, lq=lq, noise=noise_map), rep_ms=1000)
-                pipe_ms = timer(lambda: pipe.decode(pipe.generate(pipe.encode(lq), lq, noise, 1)), rep_ms=1000)
+                unet_ms = median_ms(device, lambda: unet(x, t, lq=lq, noise=noise_map), budget_s=1.0)
+                pipe_ms = median_ms(device, lambda: pipe.decode(pipe.generate(pipe.encode(lq), lq, noise, 1)), budget_s=1.0)
             rows.append({"batch": batch, "backend": backend, "unet_ms": unet_ms, "pipeline_ms": pipe_ms})
             print(f"| {batch} | {backend} | {unet_ms:.2f} | {pipe_ms:.2f} |", flush=True)
         unet.set_attention_backend("reference")
@@ -271,16 +248,19 @@ def main(argv=None) -> int:
     if INTERPRET and device.type == "cuda":
         print("TRITON_INTERPRET=1 is set: unset it to time the compiled kernel.")
         return 2
-    timer = Timer(device)
-    env = _env(device)
+    from rsd_deploy.environment import environment
+
+    env = {**environment(device), "smoke_run": args.smoke}
     print("## Window-attention kernels\n")
-    print("Device: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "\n")
-    roofline = copy_bandwidth_tbps(device, timer)
+    gpu = ", ".join(f"{k} {v}" for k, v in env.get("gpu", {}).items())
+    print(f"Device: {env['device']}{' (smoke run: the numbers mean nothing)' if args.smoke else ''}; {gpu + '; ' if gpu else ''}"
+          + ", ".join(f"{k} {v}" for k, v in env["versions"].items()) + "\n")
+    roofline = copy_bandwidth_tbps(device)
     if roofline:
         print(f"Measured device-to-device copy bandwidth: {roofline:.2f} TB/s\n")
     print(f"Attention op, {args.dtype}, 6 heads x 32, 8x8 windows (times: median microseconds):\n")
     print(_op_header(args.graphs and device.type == "cuda"))
-    op_rows = bench_ops(args, device, timer, roofline)
+    op_rows = bench_ops(args, device, roofline)
     summary = summarize(op_rows)
     print("\nSummary vs targets (>= 3x eager, >= 1.5x SDPA, >= 50% of HBM at batch 16):")
     print(json.dumps(summary, indent=1))
@@ -288,9 +268,9 @@ def main(argv=None) -> int:
     if not args.skip_model:
         print(f"\nWhole UNet (RSD x4 config) and one-step pipeline (encode -> UNet -> decode), {args.dtype}, LR/latent 64x64 (median ms):\n")
         print("| batch | backend | UNet ms | pipeline ms |\n|---|---|---|---|")
-        model_rows = bench_models(args, device, timer)
+        model_rows = bench_models(args, device)
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"env": env, "copy_tbps": roofline, "dtype": args.dtype, "ops": op_rows, "summary": summary, "models": model_rows}
+    result = {"environment": env, "copy_tbps": roofline, "dtype": args.dtype, "ops": op_rows, "summary": summary, "models": model_rows}
     json_path = args.out / "bench_window_attention.json"
     json_path.write_text(json.dumps(result, indent=1))
     png = plot(op_rows, args.out / "bench_window_attention.png")

@@ -20,4 +20,5 @@ def test_benchmark_smoke_run_writes_table_and_json(tmp_path, capsys, kernel_devi
     (row,) = result["ops"]
     assert row["rel_err"] < 2e-3
     assert {"eager_us", "sdpa_us", "triton_us", "vs_eager", "vs_sdpa", "triton_tbps"} <= set(row)
-    assert result["env"]["torch"] and result["summary"]["targets"] == bench.TARGETS
+    assert result["environment"]["versions"]["torch"] and result["summary"]["targets"] == bench.TARGETS
+    assert result["environment"]["smoke_run"] == (kernel_device.type == "cpu")
