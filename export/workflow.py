@@ -20,7 +20,6 @@ import os
 import platform
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -28,11 +27,12 @@ import torch
 
 from rsd_deploy.atomic import atomic_path
 from rsd_deploy.distill.losses import LPIPSLoss
+from rsd_deploy.environment import versions
 from rsd_deploy.pipeline import SRPipeline
 
 from . import calibration as calib
 from . import tensorrt as trt_tools
-from .onnx_export import ATTENTION_MODES, EXPORTERS, export_stage, graph_signature
+from .onnx_export import ATTENTION_MODES, EXPORTERS, export_stage, graph_signature, read_metadata, set_metadata
 from .parity import lpips_distance, psnr, run_onnx, stage_parity, upscale_onnx
 from .runners.onnxruntime_runner import default_providers
 from .precision import CALIBRATION_METHODS
@@ -71,10 +71,17 @@ class ExportOptions:
     engine_cache: Path | None = None  # default OUT/engines
     triton_repo: Path | None = None
     single_input: bool = False  # the fused graph with its noise baked in (lr -> hr), for one-input tools
+    quality_budget_psnr: float | None = None  # INT8: keep layer groups in high precision until the chain meets it
 
     @property
     def hr_crop(self) -> int:
         return self.crop or 4 * max(self.shapes.height[1], self.shapes.width[1])
+
+    @property
+    def default_capabilities(self) -> tuple[str, ...]:
+        """TensorRT-RTX targets without --compute-capability and without a GPU (the precision's own,
+        where not every GPU has its types)."""
+        return PRECISIONS[self.precision].compute_capabilities or trt_tools.DEFAULT_COMPUTE_CAPABILITIES
 
     @property
     def engine_dir(self) -> Path:
@@ -89,6 +96,13 @@ class ExportOptions:
             raise OptionError(f"--stages: unknown stage(s) {unknown}; choose from {', '.join(STAGE_NAMES)} or 'all'")
         if self.single_input and FUSED not in self.stages:
             raise OptionError(f"--single-input bakes the noise into the fused graph: add {FUSED} to --stages (or use --stages all)")
+        if self.quality_budget_psnr is not None:
+            if self.precision not in ("int8", "fp8"):
+                raise OptionError(f"--quality-budget-psnr applies to the Q/DQ precisions (int8, fp8), not {self.precision}")
+            if not 0 < self.quality_budget_psnr < 200:
+                raise OptionError(f"--quality-budget-psnr: expected a PSNR in dB (0..200), got {self.quality_budget_psnr}")
+            if not set(CHAINED_STAGES) <= set(self.stages):
+                raise OptionError(f"--quality-budget-psnr measures the whole chain: --stages must include {', '.join(CHAINED_STAGES)}")
         if self.exporter not in EXPORTERS:
             raise OptionError(f"--exporter: expected one of {', '.join(EXPORTERS)}, got {self.exporter!r}")
         if self.attention not in ATTENTION_MODES:
@@ -123,7 +137,7 @@ class ExportOptions:
             writable_folder(self.triton_repo, "--triton-repo")
             if self.triton_repo.resolve() == self.out.resolve():
                 raise OptionError("--triton-repo: must be another folder than --out")
-        trt_tools.resolve_target(self.engine, self.compute_capabilities)  # a flavour asked for by name must exist
+        trt_tools.resolve_target(self.engine, self.compute_capabilities, self.default_capabilities)  # a flavour asked for by name must exist
 
 
 def writable_folder(path: Path, option: str) -> None:
@@ -168,6 +182,7 @@ class ExportReport:
     evaluation: dict | None = None
     precision_details: dict = field(default_factory=dict)
     quality: dict | None = None
+    quality_budget: dict | None = None
     tensorrt: dict = field(default_factory=dict)
     triton_repository: dict | None = None
     failures: list[str] = field(default_factory=list)
@@ -175,17 +190,6 @@ class ExportReport:
 
     def to_json(self) -> dict:
         return asdict(self)
-
-
-def versions() -> dict:
-    out = {"python": platform.python_version()}
-    names = ("torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt-rtx")
-    for name in names:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            pass
-    return out
 
 
 def _finite(value: float | None) -> bool:
@@ -198,7 +202,7 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
     options.validate()
     started = time.perf_counter()
     out = options.out
-    target, engine_reason = trt_tools.resolve_target(options.engine, options.compute_capabilities)
+    target, engine_reason = trt_tools.resolve_target(options.engine, options.compute_capabilities, options.default_capabilities)
     shapes = options.shapes
     stages = exported_stages(pipe, options)
     report = ExportReport(
@@ -266,15 +270,23 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
         cal_inputs = _inputs(pipe, cal_set.lr, options.seed)
         graphs = {}
         precision = PRECISIONS[options.precision]
+        seconds_of = {}
         for name in stages:
             path = out / onnx_file_name(name, options.precision)
             arrays = {k: v.numpy() for k, v in cal_inputs[name].items()}
-            details, seconds = timed(f"{name}: {precision.summary}, {len(cal_set.names)} calibration crops", precision.convert,
-                                     fp32_paths[name], path, arrays, options)
+            details, seconds_of[name] = timed(f"{name}: {precision.summary}, {len(cal_set.names)} calibration crops", precision.convert,
+                                              fp32_paths[name], path, arrays, options)
             log(f"  {details}")
             report.precision_details[name] = details
             graphs[name] = path
-            add_artifact(name, options.precision, path, seconds)
+        if options.quality_budget_psnr is not None:
+            budget, seconds = timed(f"quality budget: {options.quality_budget_psnr:g} dB PSNR vs fp32 on {len(held_out.names)} held-out crops",
+                                    _apply_quality_budget, pipe, graphs, held_out, options, log)
+            report.quality_budget = budget
+            log(f"  kept {len(budget['kept'])} of {budget['groups']} layer groups in high precision: {budget['achieved_psnr_db']:.2f} dB "
+                f"(every group quantized: {budget['plain_psnr_db']:.2f} dB)")
+        for name in stages:
+            add_artifact(name, options.precision, graphs[name], seconds_of[name])
         report.quality = _quality(pipe, stages, graphs, held_out, options, log)
         for row in report.quality["rows"]:
             if not _finite(row["psnr_db"]) and row["psnr_db"] != float("inf"):
@@ -315,6 +327,29 @@ def _inputs(pipe: SRPipeline, lr: torch.Tensor, seed: int) -> dict[str, dict[str
     """Every graph's inputs for real LR images (see :func:`stage_inputs_from_images`)."""
     inputs = stage_inputs_from_images(pipe, lr, seed=seed)
     return {**inputs, SINGLE_INPUT: {"lr": inputs[FUSED]["lr"]}}
+
+
+def _apply_quality_budget(pipe: SRPipeline, graphs: dict[str, Path], held_out: calib.CalibrationSet, options: ExportOptions, log) -> dict:
+    """Rewrite the INT8 graphs with the fewest layer groups in high precision that meet the budget
+    (:mod:`.quality_budget`); the fused graphs get the same groups."""
+    import onnx
+
+    from .quality_budget import ChainScorer, keep_in_high_precision, search
+
+    fused = _inputs(pipe, held_out.lr, options.seed + 1)[FUSED]
+    with torch.no_grad():
+        reference = describe_stages(pipe)[FUSED].module(pipe)(*fused.values())
+    models = {name: onnx.load(str(graphs[name])) for name in CHAINED_STAGES}
+    scorer = ChainScorer(models, fused["lr"], fused["eps"], fused.get("noise_map"), pipe.schedule.prior_scale, pipe.codec.scale, reference)
+    result, budgeted = search(models, scorer, options.quality_budget_psnr, log)
+    for name in (FUSED, SINGLE_INPUT):
+        if name in graphs:
+            budgeted[name] = keep_in_high_precision(onnx.load(str(graphs[name])), set(result.kept))
+    for name, model in budgeted.items():
+        set_metadata(model, **{**read_metadata(model), "quality_budget": {"target_psnr_db": result.target_psnr_db, "kept": result.kept}})
+        with atomic_path(graphs[name]) as tmp:
+            onnx.save(model, str(tmp))
+    return result.to_json()
 
 
 def _quality(pipe: SRPipeline, stages, graphs: dict[str, Path], held_out: calib.CalibrationSet, options: ExportOptions, log) -> dict:
@@ -363,9 +398,12 @@ def _engines(options: ExportOptions, target, reason: str, stages, graphs: dict[s
             engine = options.engine_dir / f"{name}.{options.precision}.plan"
             commands.append({"stage": name, "trtexec": trt_tools.trtexec_command(path, engine, profile, opt_level, options.engine_dir / "timing.cache"),
                              "polygraphy": trt_tools.polygraphy_command(path, profile, opt_level)})
-        status = (f"TensorRT engines not built: {reason}. Everything before the engines is done; with TensorRT for RTX "
-                  f"installed (pip install {trt_tools.FLAVOURS['tensorrt-rtx'].pip}) they build here; on a GPU machine with TensorRT 10/11 run:")
-        log(status)
+        if options.engine == "none":
+            status = "TensorRT engines not requested (--engine none); on a GPU machine with TensorRT 10/11 these commands build them"
+        else:
+            status = (f"TensorRT engines not built: {reason}. Everything before the engines is done; with TensorRT for RTX "
+                      f"installed (pip install {trt_tools.FLAVOURS['tensorrt-rtx'].pip}) they build here; on a GPU machine with TensorRT 10/11 run")
+        log(status + ":")
         for item in commands:
             log(f"  {item['trtexec']}")
         return {"status": status, "built": False, "commands": commands}
