@@ -24,6 +24,18 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """--help shows every default and keeps the description's line breaks."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``prog: error: message (see --help)``) with
+    exit code 2, and whose --help shows every default (:class:`HelpFormatter`)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--checkpoint``, ``--vae``, ``--config``, ``--preset``: one name per thing, for every command."""
     group = parser.add_argument_group("model (default: the embedded demo model, see rsd_deploy.checkpoints.default_pipeline)")
