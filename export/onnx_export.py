@@ -142,7 +142,7 @@ def export_stage(
         _name_dims(model, stage)
         # scale and prior scale (kappa sqrt(eta_T)): what a server needs besides the graphs' own dims
         set_metadata(model, stage=stage.name, precision="fp32", shape_range=shapes.to_json(), source=pipe.description, exporter=exporter,
-                     attention=attention, scale=pipe.codec.scale, prior_scale=pipe.schedule.kappa * float(pipe.schedule.sqrt_etas[-1]))
+                     attention=attention, scale=pipe.codec.scale, prior_scale=pipe.schedule.prior_scale)
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
     return path
