@@ -1,13 +1,11 @@
-"""A real tritonserver on loopback serving the one-step pipeline (ONNX Runtime on the CPU inside
-python-backend models), hit with tritonclient over HTTP and gRPC: same images as the in-process
-pipeline, concurrent requests, bad requests refused on their own (INVALID_ARG / HTTP 400, one line)
-while the good requests batched with them are answered, and a repository left by a killed writer
-that still loads."""
+"""The python-backend models, served: a real tritonserver on loopback (the bundled one, python
+stage models with ONNX Runtime on the CPU) hit with tritonclient over HTTP and gRPC: the same
+images as the in-process pipeline, concurrent requests, bad requests refused on their own
+(INVALID_ARG / HTTP 400, one line) while the good requests batched with them are answered."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 
 import numpy as np
 import onnxruntime as ort
@@ -17,12 +15,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from rsd_deploy.export.serve import triton_server
-from rsd_deploy.export.triton_repo import RepositoryPlan, write_triton_repository
-
 MODEL = "rsd_sr"
 TIMEOUT_S = 120  # per request: the tiny model answers in well under a second
-BATCH_WINDOW_US = 20_000  # each model waits this long to batch: requests sent together run together
 
 
 def photo(height: int, width: int, offset: int = 0) -> np.ndarray:
@@ -53,39 +47,16 @@ def assert_close(served: np.ndarray, reference: np.ndarray) -> None:
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
 
 
-def test_a_repository_left_by_a_writer_killed_mid_swap_loads_and_serves(tmp_path, demo, serve_range, stage_files, kill_writer):
-    """First in this module, so that its server is the only one running."""
-    repository = tmp_path / "models"
-    write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, serve_range), stage_files, backend="python")
-    kill_writer("_exchange", 3, repository)  # killed with three of the seven models swapped in
-    with triton_server(repository) as endpoints:
-        client = grpcclient.InferenceServerClient(endpoints.grpc)
-        image = photo(64, 64)
-        served = client.infer(MODEL, request(grpcclient, image[None], [3]), client_timeout=TIMEOUT_S).as_numpy("HR_IMAGE")
-        client.close()
-    assert_close(served[0], expected(demo, image, 3))
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, demo, serve_range, stage_files):
-    """The server for this module; always stopped at teardown, even when a test fails."""
-    repository = tmp_path_factory.mktemp("served") / "models"
-    write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, serve_range), stage_files, backend="python",
-                            queue_delay_us=BATCH_WINDOW_US)
-    with triton_server(repository) as endpoints:
-        yield endpoints
-
-
 @pytest.fixture
-def http(server):
-    client = httpclient.InferenceServerClient(server.http, concurrency=4, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
+def http(served):
+    client = httpclient.InferenceServerClient(served.http, concurrency=4, connection_timeout=TIMEOUT_S, network_timeout=TIMEOUT_S)
     yield client
     client.close()
 
 
 @pytest.fixture
-def grpc(server):
-    client = grpcclient.InferenceServerClient(server.grpc)
+def grpc(served):
+    client = grpcclient.InferenceServerClient(served.grpc)
     yield client
     client.close()
 
@@ -109,7 +80,7 @@ def test_grpc_batch_matches_per_image_pipeline_runs(grpc, demo):
     assert np.abs(other[0].astype(int) - served[0].astype(int)).mean() > 0.5
 
 
-def test_concurrent_requests_over_both_protocols(server, http, grpc, demo):
+def test_concurrent_requests_over_both_protocols(http, grpc, demo):
     jobs = [(photo(64, 64, offset=8 * i), 100 + i) for i in range(6)]
     references = [expected(demo, image, seed) for image, seed in jobs]
 
@@ -265,16 +236,3 @@ def test_http_bad_requests_are_400_with_one_line(http):
     images = np.stack([photo(64, 64)] * 2)  # Triton checks this one itself
     assert "batch size does not match other inputs" in refused_with_400(
         lambda: http.infer(MODEL, request(httpclient, images, [1]), timeout=TIMEOUT_S))
-
-
-def test_server_start_failure_is_loud(tmp_path):
-    """A repository Triton cannot load fails the start with the model and the server's log."""
-    broken = tmp_path / "models" / "broken"
-    (broken / "1").mkdir(parents=True)
-    (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 1\n'
-                                          'input [{ name: "X" data_type: TYPE_FP32 dims: [1] }]\n'
-                                          'output [{ name: "Y" data_type: TYPE_FP32 dims: [1] }]\n')
-    (broken / "1" / "model.py").write_text("raise ImportError('this model cannot be imported')\n")
-    with pytest.raises(RuntimeError, match="broken"):
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(triton_server(tmp_path / "models", startup_timeout_s=60))
