@@ -43,9 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--calib-count", type=int, default=8, help="calibration crops")
     cal.add_argument("--eval-count", type=int, default=2, help="held-out crops for the quality numbers")
     cal.add_argument("--crop", type=int, default=None, help="HR crop size, a multiple of 256; default 4x the LR opt size")
-    cal.add_argument("--int8-method", choices=CALIBRATION_METHODS, default="entropy", help="INT8 calibration method")
+    cal.add_argument("--int8-method", choices=CALIBRATION_METHODS, default="entropy", help="INT8 calibration method (fp8 always calibrates by max)")
+    cal.add_argument("--quality-budget-psnr", type=float, metavar="DB",
+                     help="int8 / fp8: keep the fewest layer groups in high precision until the chain reaches this PSNR vs fp32 "
+                     "on the held-out crops (no recalibration; needs encoder, generator and decoder in --stages)")
     cal.add_argument("--int8-high-precision", choices=("fp32", "fp16"), default="fp32",
-                     help="precision of the ops left unquantized (fp32 runs in ONNX Runtime on CPU; fp16 is faster in TensorRT)")
+                     help="int8 / fp8: precision of the ops left unquantized (fp32 runs in ONNX Runtime on CPU; fp16 is faster in TensorRT)")
     engine = parser.add_argument_group("TensorRT engines")
     engine.add_argument("--engine", choices=trt_tools.ENGINE_CHOICES, default="auto",
                         help="auto: TensorRT 10/11 where it can build (a GPU), else TensorRT for RTX where installed, else none")
@@ -89,7 +92,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         seed=args.seed, calib_dir=args.calib_dir, calib_count=args.calib_count, eval_count=args.eval_count, crop=args.crop,
         int8_method=args.int8_method, int8_high_precision=args.int8_high_precision, engine=args.engine,
         compute_capabilities=args.compute_capabilities, opt_level=args.opt_level, engine_cache=args.engine_cache,
-        triton_repo=args.triton_repo, single_input=args.single_input,
+        triton_repo=args.triton_repo, single_input=args.single_input, quality_budget_psnr=args.quality_budget_psnr,
     )
     options.validate()
     return options

@@ -8,7 +8,7 @@ file, not by builder flags:
   exports as InstanceNormalization), softmax, mean reductions, the sinusoidal time embedding,
   and the VQ codebook search (distance + ArgMin: fp16 rounding changes which code wins). AutoCast
   also keeps in fp32 any node whose values exceed fp16's safe range on the calibration inputs.
-- INT8: ModelOpt ONNX PTQ (``modelopt.onnx.quantization.quantize``) inserts symmetric Q/DQ pairs
+- INT8 (and FP8 E4M3, the same recipe): ModelOpt ONNX PTQ (``modelopt.onnx.quantization.quantize``) inserts symmetric Q/DQ pairs
   (zero point 0, as TensorRT wants) with scales calibrated on real images through ONNX Runtime's
   CPU EP. Left unquantized, as NVIDIA's diffusion demo does: time embedding and FiLM layers,
   first / last convolutions, attention matmuls (q k^T, attn v), norms, softmax, the codebook
@@ -182,17 +182,24 @@ def fp16_summary(model: onnx.ModelProto) -> dict:
     return {"fp16_nodes": fp16_ops, "fp32_nodes_by_type": dict(fp32_ops.most_common()), "casts": casts}
 
 
-def quantize_int8(
+QDQ_MODES = ("int8", "fp8")
+
+
+def quantize_qdq(
     fp32_path: str | Path,
     out_path: str | Path,
     calibration: dict[str, np.ndarray],
+    mode: str = "int8",
     method: str = "entropy",
     high_precision: str = "fp32",
 ) -> dict:
-    """INT8 Q/DQ graph calibrated on ``calibration`` (name -> array, batch along axis 0).
-    Returns a summary: Q/DQ counts and the nodes left unquantized on purpose."""
+    """An explicit Q/DQ graph (``mode`` int8, or fp8 E4M3) calibrated on ``calibration`` (name ->
+    array, batch along axis 0), with the same ops left unquantized in both modes. Returns a
+    summary: Q/DQ counts and the quantized compute ops."""
     from modelopt.onnx.quantization import quantize
 
+    if mode not in QDQ_MODES:
+        raise ValueError(f"Q/DQ mode must be one of {QDQ_MODES}, got {mode!r}")
     if method not in CALIBRATION_METHODS:
         raise ValueError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
     if high_precision not in ("fp32", "fp16"):
@@ -202,10 +209,10 @@ def quantize_int8(
     codebook = codebook_search_nodes(source)
     exclude = [*INT8_EXCLUDED_PATTERNS, *(re.escape(n) for n in codebook)]
     with tempfile.TemporaryDirectory() as scratch, _quiet(), contextlib.redirect_stdout(io.StringIO()):
-        quantized = Path(scratch) / "model.int8.onnx"
+        quantized = Path(scratch) / f"model.{mode}.onnx"
         quantize(
             str(fp32_path),
-            quantize_mode="int8",
+            quantize_mode=mode,
             calibration_data=calibration,
             calibration_method=method,
             calibration_eps=["cpu"],
@@ -216,14 +223,14 @@ def quantize_int8(
             log_level="WARNING",
         )
         model = onnx.load(str(quantized))
-    set_metadata(model, **{**read_metadata(source), "precision": "int8", "int8": {"calibration_method": method, "high_precision": high_precision}})
+    set_metadata(model, **{**read_metadata(source), "precision": mode, mode: {"calibration_method": method, "high_precision": high_precision}})
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
-    return int8_summary(model)
+    return qdq_summary(model)
 
 
-def int8_summary(model: onnx.ModelProto) -> dict:
+def qdq_summary(model: onnx.ModelProto) -> dict:
     """Q/DQ counts, quantized compute ops by type, and zero points (must all be 0)."""
     produced_by = {out: node for node in model.graph.node for out in node.output}
     quantized_ops: Counter = Counter()

@@ -56,6 +56,12 @@ def markdown(report: dict) -> str:
             lines.append(f"| {row['graphs']} | {_fmt(row.get('psnr_db'))} | {_fmt(row.get('lpips'))} | {_fmt(row.get('lpips_fp32_to_hr'))} | {_fmt(row.get('lpips_to_hr'))} | {_fmt(row.get('seconds'))} |")
         for note in quality.get("notes", []):
             lines.append(f"- {note}")
+    if report.get("quality_budget"):
+        budget = report["quality_budget"]
+        lines += ["", f"**Quality budget:** target {budget['target_psnr_db']:g} dB PSNR vs fp32, achieved {budget['achieved_psnr_db']:.2f} dB "
+                  f"(every group quantized: {budget['plain_psnr_db']:.2f} dB) with {len(budget['kept'])} of {budget['groups']} layer groups in high "
+                  f"precision ({', '.join(f'`{g}`' for g in budget['kept']) or 'none'}); {budget['quantized']} groups quantized; "
+                  f"{budget['evaluations']} chain evaluations, {budget['seconds']:.0f} s."]
     if report.get("precision_details"):
         lines += ["", "## Precision details", ""]
         for stage, details in report["precision_details"].items():

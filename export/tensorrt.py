@@ -148,10 +148,13 @@ class EngineTarget:
                 "compute_capabilities": list(self.compute_capabilities)}
 
 
-def resolve_target(choice: str, compute_capabilities: tuple[str, ...] | None = None) -> tuple[EngineTarget | None, str]:
+def resolve_target(choice: str, compute_capabilities: tuple[str, ...] | None = None,
+                   default_capabilities: tuple[str, ...] = DEFAULT_COMPUTE_CAPABILITIES) -> tuple[EngineTarget | None, str]:
     """(target, reason) for ``--engine choice``: ``auto`` takes TensorRT 10/11 where it can build
-    (installed, and a GPU), else TensorRT for RTX where installed, else none. An explicit flavour
-    that cannot build here raises :class:`TensorRTUnavailable`. ``reason`` says why, in words."""
+    (installed, and a GPU), else TensorRT for RTX where installed, else none. TensorRT for RTX
+    builds for ``compute_capabilities`` when given, else for the local GPU, else for
+    ``default_capabilities``. An explicit flavour that cannot build here raises
+    :class:`TensorRTUnavailable`. ``reason`` says why, in words."""
     if choice not in ENGINE_CHOICES:
         raise ValueError(f"--engine: expected one of {', '.join(ENGINE_CHOICES)}, got {choice!r}")
     if choice == "none":
@@ -169,7 +172,7 @@ def resolve_target(choice: str, compute_capabilities: tuple[str, ...] | None = N
                     raise TensorRTUnavailable("TensorRT 10/11 builds only on the GPU it targets, and no CUDA GPU is visible")
                 return EngineTarget(flavour, trt.__version__, gpu), f"{flavour.title} {trt.__version__} on {gpu}"
             if compute_capabilities or gpu is None:
-                targets = compute_capabilities or DEFAULT_COMPUTE_CAPABILITIES
+                targets = compute_capabilities or default_capabilities
                 how = "" if compute_capabilities else " (the default; no GPU here)"
                 return EngineTarget(flavour, trt.__version__, None, targets), f"{flavour.title} {trt.__version__}, ahead of time for {','.join(targets)}{how}"
             return EngineTarget(flavour, trt.__version__, gpu), f"{flavour.title} {trt.__version__} for the local {gpu}"

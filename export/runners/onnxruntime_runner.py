@@ -43,6 +43,16 @@ def onnxruntime_session(path: str | Path, providers: tuple[str, ...] | None = No
     return _session(str(path), path.stat().st_mtime, tuple(providers or default_providers()), threads)
 
 
+def onnxruntime_session_for_model(model, providers: tuple[str, ...] | None = None, threads: int = 0):
+    """A session for an in-memory ``onnx.ModelProto`` (not cached): graphs that live only during a
+    search, such as the quality-budget variants."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers or default_providers()))
+
+
 class OnnxRuntimeRunner(Runner):
     """The graphs of some stages (stage -> ``.onnx``) on one execution provider."""
 

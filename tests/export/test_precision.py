@@ -7,7 +7,7 @@ import torch
 
 from rsd_deploy.export.onnx_export import export_stage, read_metadata
 from rsd_deploy.export.parity import relative_l2, run_onnx
-from rsd_deploy.export.precision import codebook_search_nodes, convert_fp16, quantize_int8
+from rsd_deploy.export.precision import codebook_search_nodes, convert_fp16, quantize_qdq
 from rsd_deploy.export.stages import ShapeRange, describe_stages, stage_inputs_from_images
 
 SHAPES = ShapeRange(batch=(1, 1, 2), height=(64, 64, 128), width=(64, 64, 128))
@@ -55,7 +55,7 @@ def test_fp16_decoder_keeps_norms_and_codebook_search_in_fp32(graphs):
 def test_int8_generator_has_qdq_except_where_excluded(graphs):
     out, paths, real = graphs
     calibration = {k: v.numpy() for k, v in real["generator"].items()}
-    summary = quantize_int8(paths["generator"], out / "generator.int8.onnx", calibration, method="max")
+    summary = quantize_qdq(paths["generator"], out / "generator.int8.onnx", calibration, "int8", method="max")
     model = onnx.load(str(out / "generator.int8.onnx"))
     assert summary["quantize_linear"] > 10 and summary["nonzero_zero_points"] == 0
     producers = _producers(model)
@@ -81,7 +81,7 @@ def test_int8_generator_has_qdq_except_where_excluded(graphs):
 def test_int8_rejects_unknown_method(graphs):
     out, paths, real = graphs
     with pytest.raises(ValueError, match="calibration method"):
-        quantize_int8(paths["decoder"], out / "x.onnx", {}, method="percentile-ish")
+        quantize_qdq(paths["decoder"], out / "x.onnx", {}, "int8", method="percentile-ish")
 
 
 def test_fp16_conversion_is_deterministic_across_hash_seeds(graphs, tmp_path):
