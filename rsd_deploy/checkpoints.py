@@ -425,6 +425,12 @@ def build_pipeline(preset: str, seed: int = 0) -> SRPipeline:
     unet = UNetModelSwin(**spec.unet)
     unet.config = dict(spec.unet)
     codec = build_codec(spec.codec)
+    if codec.kind == "vq":
+        # A fresh VQ codebook is uniform in +-1/codes, so nearly every code is equally near and the
+        # nearest-code search flips under float reassociation (ONNX vs PyTorch). N(0, 1) codes
+        # are as far apart as trained ones are: random-weight models then export reproducibly.
+        with torch.no_grad():
+            codec.vq.quantize.embedding.weight.normal_()
     description = f"UNTRAINED: {spec.summary} architecture ({preset}) with random weights, seed {seed}"
     return SRPipeline(unet.eval(), codec.eval(), spec.schedule, description)
 
