@@ -4,6 +4,11 @@ Every input gets ``OUT/{name}_x4.png``; a folder's tree is mirrored under OUT (s
 recursively, hidden entries skipped). Two inputs of one run never share an output: the later one
 (in input order) gets ``{name}_2_x4.png``, ``_3``... An output from an earlier run is kept and
 the input skipped, unless --overwrite.
+
+Runs on PyTorch (--backend torch), on the graphs or engines of an rsd-export folder
+(--backend onnxruntime|openvino|tensorrt|tensorrt-rtx --artifacts DIR) or on a Triton
+Inference Server (--server grpc://HOST:PORT or http://HOST:PORT). Every tile of every image goes
+through one tile shape, --tile-batch tiles per call across image boundaries.
 """
 
 from __future__ import annotations
@@ -24,13 +29,17 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..atomic import TargetExistsError
+from ..chain import SIZE_MULTIPLE
+from ..errors import one_line
 from ..imageio import ImageError, ImageTooLargeError, Picture, list_images, png_strips, read_image
 from ..models.attention import attention_backends
-from ..chain import SIZE_MULTIPLE
-from ..pipeline import SRPipeline, TileOptions
-from .args import USAGE_ERROR, HelpFormatter, UsageError, add_model_arguments, load_model
+from ..tiling import OFFICIAL, SEAMLESS, TILINGS, ImageJob, ScheduleStats, TileOptions, TileScheduler, upscale_images
+from .args import USAGE_ERROR, HelpFormatter, UsageError, add_model_arguments
+from .backends import BACKENDS, DTYPES, TORCH, Loaded, load_backend
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# tile (or chop) size and overlap by tiling; official: the scripts' 512 LR px chops, stride 448
+DEFAULT_TILE = {SEAMLESS: 256, OFFICIAL: 512}
+DEFAULT_OVERLAP = {SEAMLESS: 32, OFFICIAL: 64}
 # LR pixels decoded at most by default: 4096 x 4096, a 16384 x 16384 output; 12 MP photos and
 # 4K frames fit, and the input tensors stay under about 1 GB
 DEFAULT_MAX_PIXELS = 4096 * 4096
@@ -79,15 +88,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse inputs whose header declares more LR pixels, before decoding (16777216 = 4096x4096)",
     )
     add_model_arguments(parser)
-    run = parser.add_argument_group("sampling")
-    run.add_argument("--steps", type=integer(1), default=1, help="1 (one-step) or the schedule's T (teacher chain)")
+    backend = parser.add_argument_group("backend")
+    backend.add_argument("--backend", choices=list(BACKENDS), default=TORCH,
+                         help="; ".join(f"{b.name}: {b.summary}" for b in BACKENDS.values()))
+    backend.add_argument("--artifacts", type=Path, help="an rsd-export output folder (every backend but torch)")
+    backend.add_argument("--precision", help="which of the folder's graphs: fp32, fp16, int8; None: the precision it was exported for")
+    backend.add_argument("--server", help="a Triton Inference Server serving the repository rsd-export --triton-repo wrote: "
+                                          "grpc://HOST:PORT or http://HOST:PORT")
+    backend.add_argument("--in-flight", type=integer(1), default=4, help="requests in flight to --server")
+    run = parser.add_argument_group("sampling and tiling")
+    run.add_argument("--steps", type=integer(1), default=1, help="1 (one-step) or the schedule's T (teacher chain, --backend torch)")
     run.add_argument("--seed", type=integer(0), default=0)
-    run.add_argument("--tile", type=integer(SIZE_MULTIPLE, multiple=SIZE_MULTIPLE), default=256, help=f"tile size in LR pixels (multiple of {SIZE_MULTIPLE})")
-    run.add_argument("--overlap", type=integer(0), default=32, help="tile overlap in LR pixels (less than --tile)")
-    run.add_argument("--tile-batch", type=integer(1), default=1, help="tiles per network call")
+    run.add_argument("--tiling", choices=TILINGS, default=SEAMLESS,
+                     help="seamless: tiles blended with ramps, noise independent of the tiling; official: the ResShift/SinSR/RSD "
+                          "scripts' chops (each padded on its own, averaged uniformly, fresh noise per chop)")
+    run.add_argument("--tile", type=integer(SIZE_MULTIPLE, multiple=SIZE_MULTIPLE),
+                     help=f"tile (official: chop) size in LR pixels, a multiple of {SIZE_MULTIPLE}; None: "
+                          f"{DEFAULT_TILE[SEAMLESS]} (official: {DEFAULT_TILE[OFFICIAL]}; TensorRT: the engine profile's opt size)")
+    run.add_argument("--overlap", type=integer(0),
+                     help=f"LR pixels neighbouring tiles share, less than --tile; None: {DEFAULT_OVERLAP[SEAMLESS]} "
+                          f"(official: {DEFAULT_OVERLAP[OFFICIAL]}, a stride of {DEFAULT_TILE[OFFICIAL] - DEFAULT_OVERLAP[OFFICIAL]})")
+    run.add_argument("--tile-batch", type=integer(1),
+                     help="tiles per network call, across images; None: 1 (TensorRT: the engine profile's opt batch)")
     run.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
-    run.add_argument("--attention", choices=attention_backends(), default="reference", help="window-attention implementation")
+    run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="--backend torch")
+    run.add_argument("--attention", choices=attention_backends(), default="reference", help="window-attention implementation (--backend torch)")
     return parser
 
 
@@ -139,40 +164,60 @@ def plan_jobs(inputs: list[str], out_dir: Path) -> list[Job]:
     return jobs
 
 
-def prepare_model(args: argparse.Namespace) -> SRPipeline:
-    """The model on its device, proven to run: one small tile goes through the whole path, so a
-    wrong device, dtype, attention backend, step count or broken weights stop the run here."""
-    pipe = load_model(args)
-    pipe.unet.set_attention_backend(args.attention)
+def tile_options(args: argparse.Namespace, loaded: Loaded) -> TileOptions:
+    """The run's tiles: one shape for every tile of every image (seamless), from the options or,
+    for engines, the profile's opt shape; checked against what the backend accepts."""
+    shapes = loaded.shape_range
+    if args.tile is not None:
+        size = args.tile
+    elif loaded.engine and args.tiling == SEAMLESS:
+        size = (shapes.height[1], shapes.width[1])
+    else:
+        size = DEFAULT_TILE[args.tiling]
+    overlap = DEFAULT_OVERLAP[args.tiling] if args.overlap is None else args.overlap
+    batch = args.tile_batch or (shapes.batch[1] if loaded.engine else 1)
+    if overlap >= min(size if isinstance(size, tuple) else (size,)):
+        raise UsageError(f"--overlap {overlap}: expected less than the tile size ({size})")
+    tiles = TileOptions(size, overlap, batch, args.tiling, static=args.tiling == SEAMLESS)
+    if shapes is not None:
+        from rsd_deploy.export.stages import ShapeRange
+
+        (height, width), low = tiles.shape, SIZE_MULTIPLE if args.tiling == OFFICIAL else None
+        wanted = ShapeRange((batch,) * 3, (low or height, height, height), (low or width, width, width))
+        if not shapes.covers(wanted):
+            what = f"chops of {low}..{height} x {low}..{width}" if low else f"tiles of {height}x{width}"
+            raise UsageError(f"{loaded.source} accepts {shapes}; --tiling {args.tiling} --tile-batch {batch} runs {what} LR px, "
+                             f"{batch} per call: choose --tile / --tile-batch inside it, or export for them (rsd-export --lr-size, --batch)")
+    return tiles
+
+
+def check_backend_runs(loaded: Loaded, args: argparse.Namespace) -> None:
+    """One small tile through the whole path, so a wrong device, dtype, attention backend, step
+    count, broken weights or an unreachable server stop the run here."""
+    shapes = loaded.shape_range
+    height, width, batch = (shapes.height[0], shapes.width[0], shapes.batch[0]) if shapes else (SIZE_MULTIPLE, SIZE_MULTIPLE, 1)
+    probe = torch.linspace(0, 1, width).expand(3, height, width)
     try:
-        device = torch.device(args.device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {args.device}: {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
-    pipe = pipe.to(device=device, dtype=DTYPES[args.dtype])
-    probe = torch.linspace(0, 1, SIZE_MULTIPLE).expand(3, SIZE_MULTIPLE, SIZE_MULTIPLE)
-    try:
-        for _ in pipe.upscale_strips(probe, steps=args.steps, seed=args.seed, tiles=TileOptions(SIZE_MULTIPLE, 0)):
-            pass
+        upscale_images(loaded.model, [probe], TileOptions((height, width), 0, batch), args.seed)
     except (ValueError, RuntimeError, NotImplementedError, AssertionError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(
-            f"the model does not run on a {SIZE_MULTIPLE}x{SIZE_MULTIPLE} test tile with --device {args.device} "
-            f"--dtype {args.dtype} --attention {args.attention} --steps {args.steps}: {first_line}"
-        ) from None
-    return pipe
+        on = f"--device {args.device} --dtype {args.dtype} --attention {args.attention}" if loaded.source == f"--backend {TORCH}" else loaded.source
+        raise UsageError(f"the model does not run on a {height}x{width} test tile with {on} --steps {args.steps}: {one_line(error)}") from None
 
 
-def upscale(job: Job, pipe: SRPipeline, args: argparse.Namespace, tiles: TileOptions) -> str:
-    """Read, upscale strip by strip into the PNG, return the line that reports it."""
-    picture = job.read(args.max_pixels)
-    scale = pipe.codec.scale
-    with png_strips(job.target, picture, scale=scale, replace=args.overwrite) as write:
-        for strip in pipe.upscale_strips(picture.rgb, steps=args.steps, seed=args.seed, tiles=tiles, progress=True):
-            write(strip)
-    h, w = picture.rgb.shape[1:]
-    return f"{job.name} -> {job.target} ({w}x{h} -> {w * scale}x{h * scale})"
+def image_job(job: Job, args: argparse.Namespace, scale: int) -> ImageJob:
+    """``job`` for the tile scheduler: read (with its kind: grey, alpha, 16-bit) on the reader
+    thread, written strip by strip into its PNG on the writer thread."""
+    picture: Picture | None = None
+
+    def read() -> torch.Tensor:
+        nonlocal picture
+        picture = job.read(args.max_pixels)
+        return picture.rgb
+
+    def open_png():
+        return png_strips(job.target, picture, scale=scale, replace=args.overwrite)
+
+    return ImageJob(read, open_png, key=job)
 
 
 def _say(message: str) -> None:
@@ -183,54 +228,103 @@ def _error(message: str) -> None:
     tqdm.write(f"rsd-upscale: error: {printable(message)}", file=sys.stderr)
 
 
+def _stats_line(stats: ScheduleStats, tiles: TileOptions) -> str:
+    height, width = tiles.shape
+    shape = f"{height}x{width} LR px" if tiles.static else f"chops up to {height}x{width} LR px"
+    return (f"tiles: {stats.tiles} ({shape}, overlap {tiles.overlap}, {tiles.tiling}) in {stats.calls} calls of {tiles.batch}; "
+            f"busy: compute {stats.compute_s:.1f} s, reading {stats.read_s:.1f} s, writing {stats.write_s:.1f} s; wall {stats.wall_s:.1f} s")
+
+
+def upscale_jobs(jobs: list[Job], loaded: Loaded, tiles: TileOptions, args: argparse.Namespace) -> tuple[int, int, int]:
+    """Every job through one tile scheduler; (written, skipped, failed)."""
+    written = skipped = failed = 0
+    todo = []
+    for job in jobs:
+        if job.target.exists() and not args.overwrite:
+            skipped += 1
+            _say(f"{job.name}: skipped, {job.target} exists (--overwrite replaces it)")
+        else:
+            todo.append(job)
+    scale = loaded.model.scale
+    # bars only on a terminal (disable=None): piped output gets plain lines, no escape codes
+    images = tqdm(total=len(todo), desc="images", unit="img", disable=True if len(todo) < 2 else None)
+    tile_bar = tqdm(desc="tiles", unit="tile", disable=None, leave=False)
+
+    def progress(image: ImageJob, done: int, total: int) -> None:
+        if done == 1:
+            tile_bar.reset(total=total)
+        tile_bar.update(1)
+
+    scheduler = TileScheduler(loaded.model, tiles, args.seed, args.in_flight if args.server else 1, progress)
+    try:
+        for result in scheduler.run([image_job(job, args, scale) for job in todo]):
+            job, error = result.job.key, result.error
+            images.update(1)
+            if error is None:
+                written += 1
+                h, w = result.size
+                _say(f"{job.name} -> {job.target} ({w}x{h} -> {w * scale}x{h * scale})")
+            elif isinstance(error, TargetExistsError):  # written by another process meanwhile: kept
+                skipped += 1
+                _say(f"{job.name}: skipped, {job.target} appeared meanwhile (--overwrite replaces it)")
+            else:
+                failed += 1
+                _error(_failure(job, error, args))
+    finally:
+        tile_bar.close()
+        images.close()
+    if scheduler.stats.tiles:
+        _say(_stats_line(scheduler.stats, tiles))
+    return written, skipped, failed
+
+
+def _failure(job: Job, error: BaseException, args: argparse.Namespace) -> str:
+    if isinstance(error, ImageTooLargeError):
+        return f"{error} (--max-pixels {args.max_pixels})"
+    if isinstance(error, ImageError):  # names the file itself
+        return str(error)
+    if isinstance(error, torch.OutOfMemoryError):
+        return f"{job.name}: out of memory on {args.device} (lower --tile or --tile-batch)"
+    if isinstance(error, OSError):
+        return f"{job.name} -> {job.target}: {error}"
+    return f"{job.name}: {one_line(error)}"  # NaN/Inf output, a backend or server error
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.overlap >= args.tile:
-        parser.error(f"argument --overlap: expected less than --tile ({args.tile}), got {args.overlap}")
-    tiles = TileOptions(args.tile, args.overlap, args.tile_batch)
+    tile = args.tile or DEFAULT_TILE[args.tiling]
+    if args.overlap is not None and args.overlap >= tile:
+        parser.error(f"argument --overlap: expected less than --tile ({tile}), got {args.overlap}")
+    if args.server is not None:
+        from rsd_deploy.export.runners.triton_runner import parse_server_url
+
+        try:
+            parse_server_url(args.server)
+        except ValueError as error:
+            parser.error(f"argument --server: {error}")
     # sizes are checked against --max-pixels before decoding; Pillow's own warning would only repeat it
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     out_dir = Path(args.out)
     started = time.perf_counter()
+    loaded = None
     try:
-        check_out_dir(out_dir, args.inputs)
-        jobs = plan_jobs(args.inputs, out_dir)
-        pipe = prepare_model(args)
-    except ValueError as error:  # UsageError, CheckpointError: one line, exit 2
-        _error(str(error))
-        return USAGE_ERROR
-    _say(f"model: {pipe.description} (loaded and checked in {time.perf_counter() - started:.1f} s)")
-    if pipe.description.startswith("UNTRAINED"):
-        tqdm.write("rsd-upscale: WARNING: these weights are untrained; outputs are not super-resolution", file=sys.stderr)
-    written = skipped = failed = 0
-    # bars only on a terminal (disable=None): piped output gets plain lines, no escape codes
-    for job in tqdm(jobs, desc="images", unit="img", disable=True if len(jobs) < 2 else None):
-        if job.target.exists() and not args.overwrite:
-            skipped += 1
-            _say(f"{job.name}: skipped, {job.target} exists (--overwrite replaces it)")
-            continue
         try:
-            _say(upscale(job, pipe, args, tiles))
-            written += 1
-        except TargetExistsError:  # written by another process meanwhile: kept
-            skipped += 1
-            _say(f"{job.name}: skipped, {job.target} appeared meanwhile (--overwrite replaces it)")
-        except ImageTooLargeError as error:
-            failed += 1
-            _error(f"{error} (--max-pixels {args.max_pixels})")
-        except ImageError as error:  # names the file itself
-            failed += 1
+            check_out_dir(out_dir, args.inputs)
+            jobs = plan_jobs(args.inputs, out_dir)
+            loaded = load_backend(args)
+            tiles = tile_options(args, loaded)
+            check_backend_runs(loaded, args)
+        except ValueError as error:  # UsageError, CheckpointError: one line, exit 2
             _error(str(error))
-        except ValueError as error:  # NaN/Inf output
-            failed += 1
-            _error(f"{job.name}: {error}")
-        except OSError as error:
-            failed += 1
-            _error(f"{job.name} -> {job.target}: {error}")
-        except torch.OutOfMemoryError:
-            failed += 1
-            _error(f"{job.name}: out of memory on {args.device} (lower --tile or --tile-batch)")
+            return USAGE_ERROR
+        _say(f"model: {loaded.description} (loaded and checked in {time.perf_counter() - started:.1f} s)")
+        if loaded.description.startswith("UNTRAINED"):
+            tqdm.write("rsd-upscale: WARNING: these weights are untrained; outputs are not super-resolution", file=sys.stderr)
+        written, skipped, failed = upscale_jobs(jobs, loaded, tiles, args)
+    finally:
+        if loaded is not None:
+            loaded.close()
     _say(f"{len(jobs)} images: {written} written, {skipped} skipped, {failed} failed; outputs in {out_dir} ({time.perf_counter() - started:.1f} s)")
     return 1 if failed else 0
 
