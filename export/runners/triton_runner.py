@@ -48,6 +48,7 @@ from rsd_deploy import chain
 from rsd_deploy.errors import one_line
 
 from ..stages import ShapeRange
+from ..triton_models import Preprocess, PriorSample
 from .base import Runner, RunnerUnavailable
 
 PROTOCOLS = ("http", "grpc")
@@ -129,8 +130,8 @@ class TritonRunner(Runner):
             self.shape_range = ShapeRange(tuple(recorded["batch"]), tuple(recorded["lr_height"]), tuple(recorded["lr_width"]))
             self.precision = params["precision"]
         host = {}
-        for part in ("preprocess", "prior"):  # the repository's host steps carry the chain's constants
-            host.update({k: v["string_value"] for k, v in self._config(part).get("parameters", {}).items()})
+        for model in (Preprocess, PriorSample):  # the repository's host steps carry the chain's constants
+            host.update({k: v["string_value"] for k, v in self._config(model.part).get("parameters", {}).items()})
         self.scale, self.prior_scale = int(host["scale"]), float(host["prior_scale"])
         self.latent_channels, self.noise_channels = int(host["latent_channels"]), int(host["noise_channels"])
         self.name = "triton"

@@ -5,6 +5,7 @@ repository writer killed mid-write."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -48,18 +49,35 @@ def stage_files(onnx_dir) -> dict[str, Path]:
     return {s: onnx_dir / onnx_file_name(s, "fp32") for s in CHAINED_STAGES}
 
 
+_SERVER = contextlib.ExitStack()  # the served repository's tritonserver, while it runs
+
+
 @pytest.fixture(scope="session")
 def served(tmp_path_factory, demo, stage_files):
     """The python-form repository (the default of rsd-export --triton-repo), each model batching
-    for BATCH_WINDOW_US, served by the bundled tritonserver; stopped at the end of the session."""
+    for BATCH_WINDOW_US, served by the bundled tritonserver: started once, stopped after the last
+    test that uses it (its six python-model processes hold ~2 GB)."""
     from rsd_deploy.export.triton_config import RepositoryPlan
     from rsd_deploy.export.triton_repo import write_triton_repository
     from rsd_deploy.export.triton_server import triton_server
 
     repository = tmp_path_factory.mktemp("served") / "models"
     write_triton_repository(repository, RepositoryPlan.from_pipeline(demo, SERVE_RANGE), stage_files, queue_delay_us=BATCH_WINDOW_US)
-    with triton_server(repository) as endpoints:
-        yield endpoints
+    with _SERVER:
+        yield _SERVER.enter_context(triton_server(repository))
+
+
+@pytest.hookimpl(trylast=True)  # after -k / -m deselection
+def pytest_collection_modifyitems(items):
+    users = [item for item in items if "served" in getattr(item, "fixturenames", ())]
+    if users:
+        users[-1].stops_the_server = True
+
+
+@pytest.hookimpl(trylast=True)  # after the test's own fixtures (its clients) are torn down
+def pytest_runtest_teardown(item):
+    if getattr(item, "stops_the_server", False):
+        _SERVER.close()
 
 
 # A real repository writer in its own process, killed (SIGKILL) right after the count-th call of
