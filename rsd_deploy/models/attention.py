@@ -12,14 +12,15 @@ Implementations are registered by name; the model selects one with
 - ``reference``: plain PyTorch, op for op what the official ResShift block computes.
 - ``sdpa``: ``torch.nn.functional.scaled_dot_product_attention`` with an additive mask, the
   strongest library baseline.
-- ``triton``: the fused kernel from ``rsd_deploy.kernels`` (registered when that module is
-  imported; requesting it imports it).
+- ``triton`` and ``trt_plugin``: the fused kernel and the TensorRT plugin node of
+  ``rsd_deploy.kernels``, declared as entry points of :data:`BACKEND_ENTRY_POINTS` (this
+  module never imports the kernels; requesting a backend loads its entry point).
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
+from importlib import metadata
 from typing import Callable, Protocol
 
 import torch
@@ -156,23 +157,28 @@ _BACKENDS: dict[str, WindowAttentionFn] = {
     "sdpa": sdpa_window_attention,
 }
 # Backends that live in optional modules and register themselves on import.
-_LAZY_BACKENDS = {
-    "triton": "rsd_deploy.kernels.window_attention",
-    "trt_plugin": "rsd_deploy.kernels.onnx_custom_op",  # one custom ONNX node per attention
-}
+# Backends in other packages (the fused kernels of rsd_deploy.kernels) declare themselves as entry
+# points of this group; the first request for one imports it, and the import registers it.
+BACKEND_ENTRY_POINTS = "rsd_deploy.attention_backends"
 
 
 def register_attention_backend(name: str, fn: WindowAttentionFn) -> None:
     _BACKENDS[name] = fn
 
 
+def _declared() -> dict:
+    return {point.name: point for point in metadata.entry_points(group=BACKEND_ENTRY_POINTS)}
+
+
 def attention_backends() -> list[str]:
-    return sorted(set(_BACKENDS) | set(_LAZY_BACKENDS))
+    return sorted(set(_BACKENDS) | set(_declared()))
 
 
 def get_attention_backend(name: str) -> Callable[..., torch.Tensor]:
-    if name not in _BACKENDS and name in _LAZY_BACKENDS:
-        importlib.import_module(_LAZY_BACKENDS[name])
+    if name not in _BACKENDS:
+        declared = _declared()
+        if name in declared:
+            register_attention_backend(name, declared[name].load())
     if name not in _BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose from {attention_backends()}")
     return _BACKENDS[name]

@@ -44,3 +44,16 @@ def test_unknown_backend_is_a_clear_error(tiny_rsd):
         get_attention_backend("nope")
     with pytest.raises(ValueError, match="reference"):
         tiny_rsd.unet.set_attention_backend("nope")
+
+
+def test_kernel_backends_are_declared_not_imported_by_the_core():
+    """The core lists the kernels' backends from their entry points and imports them only when
+    one is requested."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from rsd_deploy.models.attention import attention_backends, get_attention_backend; "
+              "names = attention_backends(); assert {'triton', 'trt_plugin'} <= set(names), names; "
+              "assert not any(m.startswith('rsd_deploy.kernels') for m in sys.modules); "
+              "get_attention_backend('trt_plugin'); assert 'rsd_deploy.kernels.onnx_custom_op' in sys.modules")
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
