@@ -243,14 +243,15 @@ def host_config(plan: RepositoryPlan, model: type, delay_us: int, max_queue: int
 
 def ensemble_config(plan: RepositoryPlan, configs: dict):
     """The ensemble: each step maps a model's tensors to the ensemble tensors of the chain."""
-    first, last = (configs[plan.name(part)] for part in (ensemble_parts(plan)[0], ensemble_parts(plan)[-1]))
+    parts = ensemble_parts(plan)
+    first, last = configs[plan.name(parts[0])], configs[plan.name(parts[-1])]
     pb, _ = _pb()
 
     def as_tensors(values):
         return [Tensor(v.name, pb.DataType.Name(v.data_type), tuple(v.dims)) for v in values]
 
     config = _config(plan.name(ENSEMBLE), plan.shape_range.batch[2], as_tensors(first.input), as_tensors(last.output), platform="ensemble")
-    for part in ensemble_parts(plan):
+    for part in parts:
         model = configs[plan.name(part)]
         step = config.ensemble_scheduling.step.add(model_name=model.name, model_version=-1)
         for tensor in model.input:
