@@ -1,0 +1,128 @@
+"""rsd-upscale on the graphs of a real rsd-export folder (the bundled demo model's fp32 graphs):
+the ONNX Runtime output is the PyTorch one, --tile-batch 4 is --tile-batch 1 byte for byte, and
+a folder or backend that cannot run the requested tiles says so in one line, exit 2, before any
+image."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from rsd_deploy.checkpoints import default_pipeline
+from rsd_deploy.cli.upscale import main
+
+pytest.importorskip("onnxruntime")
+
+FAST = ["--tile", "64", "--overlap", "16"]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """A complete rsd-export folder: the demo's fp32 graphs for LR 64..128, batch 1..4."""
+    from rsd_deploy.export.stages import ShapeRange
+    from rsd_deploy.export.workflow import ExportOptions, export_all
+
+    folder = tmp_path_factory.mktemp("artifacts") / "rsd-export"
+    shapes = ShapeRange(batch=(1, 1, 4), height=(64, 64, 128), width=(64, 64, 128))
+    report = export_all(default_pipeline(), ExportOptions(precision="fp32", shapes=shapes, out=folder, engine="none"), log=lambda line: None)
+    assert report.failures == []
+    return folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    from skimage import data
+
+    folder = tmp_path_factory.mktemp("photos")
+    Image.fromarray(data.astronaut()[40:140, 150:300]).save(folder / "astronaut.png")  # 100 x 150, padded to 128 x 192: 3 x 4 tiles of 64
+    Image.fromarray(data.coffee()[100:170, 200:290]).save(folder / "coffee.png")  # 70 x 90, padded to 128 x 128: 3 x 3
+    return folder
+
+
+def psnr(a_path, b_path) -> float:
+    a, b = (cv2.imread(str(p)).astype(np.float64) for p in (a_path, b_path))
+    mse = ((a - b) ** 2).mean()
+    return float("inf") if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def test_onnxruntime_runs_the_torch_output(artifacts, photos, tmp_path, capsys):
+    assert main([str(photos), "-o", str(tmp_path / "torch"), *FAST]) == 0
+    assert main([str(photos), "-o", str(tmp_path / "ort"), *FAST, "--backend", "onnxruntime", "--artifacts", str(artifacts)]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime fp32: CPUExecutionProvider" in out and "2 images: 2 written" in out
+    for name in ("astronaut_x4.png", "coffee_x4.png"):
+        assert psnr(tmp_path / "torch" / name, tmp_path / "ort" / name) >= 60  # measured: over 95 dB
+
+
+def test_tile_batch_4_is_tile_batch_1_on_onnxruntime(artifacts, photos, tmp_path, capsys):
+    """ONNX Runtime's per-tile results do not depend on the batch: the same bytes, although the
+    batches of 4 mix tiles of both images."""
+    ort = ["--backend", "onnxruntime", "--artifacts", str(artifacts), *FAST]
+    assert main([str(photos), "-o", str(tmp_path / "one"), *ort, "--tile-batch", "1"]) == 0
+    assert main([str(photos), "-o", str(tmp_path / "four"), *ort, "--tile-batch", "4"]) == 0
+    assert "tiles: 21 (64x64 LR px, overlap 16, seamless) in 6 calls of 4" in capsys.readouterr().out  # 12 + 9 tiles
+    for name in ("astronaut_x4.png", "coffee_x4.png"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "four" / name).read_bytes()
+
+
+def broken_copies(artifacts, tmp_path):
+    """Folders that cannot run: name -> (folder, what the one line says)."""
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(artifacts, incomplete)
+    (incomplete / "INCOMPLETE").write_text("")
+    no_decoder = tmp_path / "no-decoder"
+    shutil.copytree(artifacts, no_decoder)
+    (no_decoder / "decoder.fp32.onnx").unlink()
+    no_stage = tmp_path / "no-stage"
+    shutil.copytree(artifacts, no_stage)
+    report = json.loads((no_stage / "report.json").read_text())
+    report["artifacts"] = [a for a in report["artifacts"] if a["stage"] != "decoder"]
+    (no_stage / "report.json").write_text(json.dumps(report))
+    return {
+        "incomplete": (incomplete, "an rsd-export run did not finish here (INCOMPLETE is present)"),
+        "no decoder file": (no_decoder, "decoder.fp32.onnx: no such file (the decoder graph)"),
+        "no decoder stage": (no_stage, "no fp32 graph of the decoder stage"),
+        "not an export": (tmp_path, "no report.json (not an rsd-export output folder)"),
+    }
+
+
+def test_what_cannot_run_is_one_line_before_any_image(artifacts, photos, tmp_path, capsys):
+    ort = ["--backend", "onnxruntime", "--artifacts", str(artifacts)]
+    cases = [
+        (ort + ["--tile", "256"], "accepts batch 1..4 (opt 1), LR height 64..128 (opt 64), LR width 64..128 (opt 64); "
+                                  "--tiling seamless --tile-batch 1 runs tiles of 256x256 LR px"),
+        (ort + FAST + ["--tile-batch", "8"], "runs tiles of 64x64 LR px, 8 per call"),
+        (ort + ["--tiling", "official"], "runs chops of 64..512 x 64..512 LR px"),
+        (ort + FAST + ["--preset", "tiny-rsd"], "the encoder graph's tensors (name, channels, scale) [('lq_up', 3, 4), ('z_y', 48, 1)] "
+                                                "differ from the model's [('lq_up', 3, 4), ('z_y', 3, 1)]"),
+        (ort + FAST + ["--steps", "15"], "--steps 15: the exported graphs run the one-step chain"),
+        (ort + FAST + ["--precision", "fp16"], "no fp16 graphs (report.json lists fp32); run rsd-export --precision fp16"),
+        (["--backend", "onnxruntime", *FAST], "--backend onnxruntime runs an rsd-export folder: give --artifacts DIR"),
+        (["--artifacts", str(artifacts), *FAST], "--artifacts is an rsd-export folder for --backend onnxruntime"),
+        (["--backend", "openvino", "--artifacts", str(artifacts)], "--backend openvino: the OpenVINO runner is not installed yet"),
+        (["--server", "grpc://localhost:1", "--backend", "onnxruntime"], "--server runs the stages the server serves"),
+    ]
+    if not __import__("torch").cuda.is_available():
+        cases.append((["--backend", "tensorrt", "--artifacts", str(artifacts)], "running TensorRT engines needs a CUDA GPU"))
+    for name, (folder, reason) in broken_copies(artifacts, tmp_path / "broken").items():
+        cases.append((["--backend", "onnxruntime", "--artifacts", str(folder), *FAST], reason))
+    out = tmp_path / "out"
+    for options, reason in cases:
+        assert main([str(photos), "-o", str(out), *options]) == 2, options
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.count("\n") == 1 and reason in captured.err, (options, captured.err)
+    assert not list(out.iterdir())
+
+
+def test_bad_server_urls_are_refused_when_parsed(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--server", "localhost:8001", "-o", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "argument --server: server URL 'localhost:8001': expected http://HOST:PORT or grpc://HOST:PORT" in err
+    assert not (tmp_path / "out").exists()
