@@ -301,7 +301,6 @@ def load_unet(path: str | Path, config: dict | str | Path | None = None) -> UNet
         config = {**config, "noise_channels": channels}
     model = UNetModelSwin(**config)
     _load_strict(model, state, path, "UNetModelSwin layout")
-    model.config = dict(config)
     return model.eval()
 
 
@@ -423,7 +422,6 @@ def build_pipeline(preset: str, seed: int = 0) -> SRPipeline:
     spec = PRESETS[preset]
     torch.manual_seed(seed)
     unet = UNetModelSwin(**spec.unet)
-    unet.config = dict(spec.unet)
     codec = build_codec(spec.codec)
     if codec.kind == "vq":
         # A fresh VQ codebook is uniform in +-1/codes, so nearly every code is equally near and the

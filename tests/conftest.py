@@ -44,7 +44,6 @@ def micro_pipeline(codec: str = "vq", seed: int = 0) -> SRPipeline:
         config = dict(MICRO_UNET)
         codec_module = build_codec(TINY_VQ)
     unet = UNetModelSwin(**config)
-    unet.config = config
     # zero-initialised output convs would make the residual branches vanish: give them weights
     for name, param in unet.named_parameters():
         if "out_layers.3" in name:

@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .attention import get_attention_backend
+from .config import records_config
 from .layers import normalization, timestep_embedding
 from .swin import SwinTransformerStage, WindowAttention
 
@@ -79,6 +80,7 @@ class TimestepSequential(nn.Sequential):
 
 
 class UNetModelSwin(nn.Module):
+    @records_config
     def __init__(
         self,
         image_size: int = 64,
