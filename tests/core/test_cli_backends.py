@@ -1,7 +1,8 @@
 """rsd-upscale on the graphs of a real rsd-export folder (the bundled demo model's fp32 graphs):
-the ONNX Runtime output is the PyTorch one, --tile-batch 4 is --tile-batch 1 byte for byte, and
-a folder or backend that cannot run the requested tiles says so in one line, exit 2, before any
-image."""
+the ONNX Runtime output is the PyTorch one, --tile-batch 4 is --tile-batch 1 byte for byte, the
+repository the same rsd-export run wrote (--triton-repo) served by the bundled tritonserver on
+loopback gives the in-process output over gRPC and HTTP, and a folder or backend that cannot run
+the requested tiles says so in one line, exit 2, before any image."""
 
 from __future__ import annotations
 
@@ -23,15 +24,31 @@ FAST = ["--tile", "64", "--overlap", "16"]
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory):
-    """A complete rsd-export folder: the demo's fp32 graphs for LR 64..128, batch 1..4."""
+    """A complete rsd-export folder: the demo's fp32 graphs for LR 64..128, batch 1..4, and the
+    Triton repository of them it writes by default (``repository`` beside it)."""
     from rsd_deploy.export.stages import ShapeRange
     from rsd_deploy.export.workflow import ExportOptions, export_all
 
-    folder = tmp_path_factory.mktemp("artifacts") / "rsd-export"
+    root = tmp_path_factory.mktemp("artifacts")
     shapes = ShapeRange(batch=(1, 1, 4), height=(64, 64, 128), width=(64, 64, 128))
-    report = export_all(default_pipeline(), ExportOptions(precision="fp32", shapes=shapes, out=folder, engine="none"), log=lambda line: None)
-    assert report.failures == []
-    return folder
+    options = ExportOptions(precision="fp32", shapes=shapes, out=root / "rsd-export", engine="none", triton_repo=root / "repository")
+    report = export_all(default_pipeline(), options, log=lambda line: None)
+    assert report.failures == [] and report.triton_repository["stage_backend"] == "python"
+    return root / "rsd-export"
+
+
+@pytest.fixture(scope="module")
+def served(artifacts):
+    """The bundled tritonserver serving that repository on loopback."""
+    pytest.importorskip("tritonclient")
+    from rsd_deploy.export.triton_server import bundled_tritonserver, triton_server
+
+    try:
+        bundled_tritonserver()
+    except RuntimeError as error:
+        pytest.skip(str(error))
+    with triton_server(artifacts.parent / "repository") as endpoints:
+        yield endpoints
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +85,21 @@ def test_tile_batch_4_is_tile_batch_1_on_onnxruntime(artifacts, photos, tmp_path
     assert "tiles: 21 (64x64 LR px, overlap 16, seamless) in 6 calls of 4" in capsys.readouterr().out  # 12 + 9 tiles
     for name in ("astronaut_x4.png", "coffee_x4.png"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "four" / name).read_bytes()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_served_output_is_the_in_process_output(artifacts, served, photos, tmp_path, capsys, protocol):
+    """Tiles of both images in batches of 4, 3 requests in flight; the server runs the same graphs
+    in ONNX Runtime, so the PNGs are the in-process ones."""
+    common = [str(photos), *FAST, "--tile-batch", "4"]
+    assert main([*common, "-o", str(tmp_path / "local"), "--backend", "onnxruntime", "--artifacts", str(artifacts)]) == 0
+    url = f"{protocol}://{getattr(served, protocol)}"
+    assert main([*common, "-o", str(tmp_path / "served"), "--server", url, "--in-flight", "3"]) == 0
+    out = capsys.readouterr().out
+    assert f"served by Triton at {url}" in out and "up to 3 requests in flight" in out and "2 images: 2 written" in out
+    for name in ("astronaut_x4.png", "coffee_x4.png"):
+        local, remote = (cv2.imread(str(tmp_path / kind / name)).astype(int) for kind in ("local", "served"))
+        assert np.abs(local - remote).max() <= 1 and (local != remote).mean() < 1e-4, name
 
 
 def broken_copies(artifacts, tmp_path):
