@@ -289,16 +289,7 @@ class ExportedArtifacts:
 
     def engine_files(self, flavour: str) -> dict[str, Path]:
         """Engines of one flavour (``tensorrt``, ``tensorrt-rtx``: :data:`.tensorrt.FLAVOURS`) by stage."""
-        return {stage: Path(record["engine"]) for stage, record in self.engines.items() if _flavour_of(record["target"]) == flavour}
-
-
-def _flavour_of(label: str) -> str | None:
-    """The flavour an engine record's target label names (its title starts the label; the
-    longest title wins: "TensorRT for RTX 1.7" is not "TensorRT")."""
-    from .tensorrt import FLAVOURS
-
-    named = [f for f in FLAVOURS.values() if label.startswith(f.title + " ")]
-    return max(named, key=lambda f: len(f.title)).name if named else None
+        return {stage: Path(record["engine"]) for stage, record in self.engines.items() if record.get("flavour") == flavour}
 
 
 def read_export(folder: str | Path, precision: str | None = None, stages: tuple[str, ...] | None = None) -> ExportedArtifacts:

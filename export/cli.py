@@ -24,6 +24,8 @@ from .onnx_export import ATTENTION_MODES, EXPORTERS, ExportError
 from .precision import CALIBRATION_METHODS
 from .precisions import PRECISIONS
 from .stages import CHAINED_STAGES, STAGE_NAMES, ShapeRange
+from .artifacts import ArtifactError
+from .triton_repo import TRITON_BACKENDS
 from .workflow import ExportOptions, OptionError, export_all
 
 
@@ -68,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write the fused graph with its noise baked in (lr -> hr, the only input is the image), for tools "
                         "that run one-input SR models (vs-mlrt, chaiNNer); needs pipeline in --stages")
     parser.add_argument("--triton-repo", type=Path,
-                        help="also write a Triton Inference Server model repository here (TensorRT plans when built, else the ONNX graphs)")
+                        help="also write a Triton Inference Server model repository here (its stage models: see --triton-backend)")
+    parser.add_argument("--triton-backend", choices=TRITON_BACKENDS, default="auto",
+                        help="stage models of --triton-repo: auto = tensorrt when TensorRT 10/11 engines of every stage were built, "
+                        "else python (any Triton with the python backend, the nvidia-pytriton one included); onnxruntime / tensorrt "
+                        "need a Triton with those backends (an NGC container)")
     return parser
 
 
@@ -92,7 +98,7 @@ def options_from_args(args: argparse.Namespace) -> ExportOptions:
         seed=args.seed, calib_dir=args.calib_dir, calib_count=args.calib_count, eval_count=args.eval_count, crop=args.crop,
         int8_method=args.int8_method, int8_high_precision=args.int8_high_precision, engine=args.engine,
         compute_capabilities=args.compute_capabilities, opt_level=args.opt_level, engine_cache=args.engine_cache,
-        triton_repo=args.triton_repo, single_input=args.single_input, quality_budget_psnr=args.quality_budget_psnr,
+        triton_repo=args.triton_repo, triton_backend=args.triton_backend, single_input=args.single_input, quality_budget_psnr=args.quality_budget_psnr,
     )
     options.validate()
     return options
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_command("rsd-export", lambda: run(args), errors=(OptionError, trt_tools.TensorRTUnavailable))
+    return run_command("rsd-export", lambda: run(args), errors=(OptionError, ArtifactError, trt_tools.TensorRTUnavailable))
 
 
 if __name__ == "__main__":

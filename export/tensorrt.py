@@ -255,6 +255,7 @@ class BuildRecord:
 
     stage: str
     precision: str
+    flavour: str  # FLAVOURS key: which runtime loads the plan
     target: str  # EngineTarget.label
     runs_on: str
     engine: str | None = None
@@ -302,7 +303,7 @@ def build_engine(
     optimization profile; the plan (and the updated timing cache) are written atomically. A
     failure is returned in the record (``error``: TensorRT's own messages), not raised."""
     trt = import_flavour(target.flavour)
-    record = record or BuildRecord("", "", target.label, target.runs_on())
+    record = record or BuildRecord("", "", target.flavour.name, target.label, target.runs_on())
     logger = _logger(trt)
     started = time.perf_counter()
     builder = trt.Builder(logger)
@@ -360,7 +361,7 @@ def cached_engine(
     """The engine of ``onnx_path`` for ``target`` from the cache, built now if it has none."""
     from .onnx_export import read_metadata
 
-    record = BuildRecord(stage.name, precision, target.label, target.runs_on())
+    record = BuildRecord(stage.name, precision, target.flavour.name, target.label, target.runs_on())
     if read_metadata(onnx_path).get("attention") == "plugin":
         from rsd_deploy.kernels import trt_plugin
 

@@ -70,6 +70,7 @@ class ExportOptions:
     opt_level: int | None = None
     engine_cache: Path | None = None  # default OUT/engines
     triton_repo: Path | None = None
+    triton_backend: str = "auto"  # stage models of the repository (see triton_repo.TRITON_BACKENDS)
     single_input: bool = False  # the fused graph with its noise baked in (lr -> hr), for one-input tools
     quality_budget_psnr: float | None = None  # INT8: keep layer groups in high precision until the chain meets it
 
@@ -137,7 +138,14 @@ class ExportOptions:
             writable_folder(self.triton_repo, "--triton-repo")
             if self.triton_repo.resolve() == self.out.resolve():
                 raise OptionError("--triton-repo: must be another folder than --out")
-        trt_tools.resolve_target(self.engine, self.compute_capabilities, self.default_capabilities)  # a flavour asked for by name must exist
+        target, _ = trt_tools.resolve_target(self.engine, self.compute_capabilities, self.default_capabilities)  # a flavour asked for by name must exist
+        from .triton_repo import TRITON_BACKENDS
+
+        if self.triton_backend not in TRITON_BACKENDS:
+            raise OptionError(f"--triton-backend: expected one of {', '.join(TRITON_BACKENDS)}, got {self.triton_backend!r}")
+        if self.triton_repo is not None and self.triton_backend == "tensorrt" and (target is None or target.flavour.name != "tensorrt"):
+            raise OptionError("--triton-backend tensorrt serves TensorRT 10/11 plans, which need --engine tensorrt on a GPU machine "
+                              "(TensorRT-RTX engines do not load in Triton's TensorRT backend)")
 
 
 def writable_folder(path: Path, option: str) -> None:
@@ -205,6 +213,11 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
     target, engine_reason = trt_tools.resolve_target(options.engine, options.compute_capabilities, options.default_capabilities)
     shapes = options.shapes
     stages = exported_stages(pipe, options)
+    if options.triton_repo:  # a user's own model of the same name is refused before any work
+        from .triton_config import RepositoryPlan
+        from .triton_swap import check_repository_target
+
+        check_repository_target(options.triton_repo, RepositoryPlan.from_pipeline(pipe, shapes).model_names(), overwrite=True)
     report = ExportReport(
         precision=options.precision,
         model={"description": pipe.description, "untrained": pipe.description.startswith("UNTRAINED"), "takes_noise_map": pipe.takes_noise_map,
@@ -301,7 +314,7 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
 
         engines = {e["stage"]: Path(e["engine"]) for e in report.tensorrt.get("engines", []) if e["engine"] and target
                    and target.flavour.name == "tensorrt"}  # a Triton server's TensorRT backend is TensorRT 10/11
-        _, backend = repository_from_export(options.triton_repo, pipe, shapes, graphs, engines, overwrite=True)
+        _, backend = repository_from_export(options.triton_repo, pipe, shapes, graphs, engines, options.triton_backend, overwrite=True)
         report.triton_repository = {"path": str(options.triton_repo), "stage_backend": backend}
         log(f"Triton model repository ({backend} stages) written to {options.triton_repo}")
     report.total_seconds = time.perf_counter() - started

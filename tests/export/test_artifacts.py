@@ -73,11 +73,11 @@ def test_engines_of_the_precision_by_flavour(onnx_dir, tmp_path):
     folder = copy_export(onnx_dir, tmp_path)
     report = json.loads((folder / "report.json").read_text())
     records = []
-    for stage, label in (("encoder", "TensorRT 10.13 RTX 4090"), ("generator", "TensorRT for RTX 1.7.1 sm89"), ("decoder", "TensorRT 10.13 RTX 4090")):
+    for stage, flavour in (("encoder", "tensorrt"), ("generator", "tensorrt-rtx"), ("decoder", "tensorrt")):
         engine = folder / f"{stage}.plan"
         engine.write_bytes(b"engine")  # report.json's records name the files; they are not opened
-        records.append({"stage": stage, "precision": "fp32", "target": label, "engine": str(engine), "error": None})
-    records.append({"stage": "decoder", "precision": "fp32", "target": "TensorRT 10.13 RTX 4090", "engine": None, "error": "failed"})
+        records.append({"stage": stage, "precision": "fp32", "flavour": flavour, "engine": str(engine), "error": None})
+    records.append({"stage": "decoder", "precision": "fp32", "flavour": "tensorrt", "engine": None, "error": "failed"})
     report["tensorrt"] = {"engines": records}
     (folder / "report.json").write_text(json.dumps(report))
     exported = read_export(folder)

@@ -166,3 +166,20 @@ def test_single_input_graph(checkpoint, tmp_path, capsys):
     assert {row["stage"] for row in report["parity"]} == {SINGLE_INPUT} and report["failures"] == []
     lr = torch.rand(1, 3, 50, 70)  # any size up to the maximum: padded inside
     assert run_onnx(out / f"{SINGLE_INPUT}.fp32.onnx", {"lr": lr})[0].shape == (1, 3, 200, 280)
+
+
+def test_a_users_model_in_the_triton_repository_is_refused_before_any_work(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    (repo / "rsd_encoder").mkdir(parents=True)
+    (repo / "rsd_encoder" / "config.pbtxt").write_text('name: "rsd_encoder"\n')
+    out = tmp_path / "out"
+    assert main(["--preset", "tiny-rsd", "--precision", "fp32", "--engine", "none", "--out", str(out), "--triton-repo", str(repo)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "rsd_encoder" in err and "did not write" in err and len(err.splitlines()) == 1
+    assert not out.exists() and (repo / "rsd_encoder" / "config.pbtxt").read_text() == 'name: "rsd_encoder"\n'
+
+
+def test_triton_backend_tensorrt_needs_tensorrt_engines(tmp_path, capsys):
+    assert main(["--preset", "tiny-rsd", "--engine", "none", "--out", str(tmp_path / "o"), "--triton-repo", str(tmp_path / "r"),
+                 "--triton-backend", "tensorrt"]) == 2
+    assert "--triton-backend tensorrt serves TensorRT 10/11 plans" in capsys.readouterr().err
