@@ -31,7 +31,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, ContextManager, Iterable, Iterator, Sequence
 
 import torch
@@ -42,6 +42,7 @@ from .sampling import NOISE_MAP_STREAM, PRIOR_STREAM, STEP_STREAM, NoiseField
 
 SEAMLESS, OFFICIAL = "seamless", "official"
 TILINGS = (SEAMLESS, OFFICIAL)
+STRIP_ROWS = 256  # HR rows handed to a sink at once: bounds the float copies on the way to the PNG
 
 # noise(stream, channels=None) -> N(0, 1) noise for a batch of tiles, `channels` deep (default: the latent's)
 NoiseSource = Callable[..., torch.Tensor]
@@ -561,9 +562,10 @@ class TileScheduler:
             hr = tile.hr[:, : plan.chop[0] * s, : plan.chop[1] * s]  # official: the chop's own padding cut off
             image.blender.add(hr, plan.weight(top, left), top * s, left * s)
             finished = plan.finished_rows(tile.index)
-            if finished > image.blender.top:
+            while image.blender.top < finished:
                 first = image.blender.top
-                rows = image.blender.take(finished)[:, : max(0, plan.height * s - first), : plan.width * s]  # canvas padding cut off
+                rows = image.blender.take(min(finished, first + STRIP_ROWS))
+                rows = rows[:, : max(0, plan.height * s - first), : plan.width * s]  # canvas padding cut off
                 if rows.shape[1]:
                     image.write(chain.to_image_range(rows))
             image.done += 1

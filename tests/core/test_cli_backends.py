@@ -158,3 +158,24 @@ def test_bad_server_urls_are_refused_when_parsed(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "argument --server: server URL 'localhost:8001': expected http://HOST:PORT or grpc://HOST:PORT" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_engines_run_their_profile_opt_shape():
+    """TensorRT engines are fastest at their profile's opt shape: tiles and batch default to it;
+    given ones must lie inside the profile (no GPU needed to decide)."""
+    from rsd_deploy.cli.backends import Loaded
+    from rsd_deploy.cli.upscale import build_parser, tile_options
+    from rsd_deploy.cli.args import UsageError
+    from rsd_deploy.export.stages import ShapeRange
+
+    engines = Loaded(model=None, description="", source="--backend tensorrt --artifacts x", engine=True,
+                     shape_range=ShapeRange(batch=(1, 4, 8), height=(64, 192, 256), width=(64, 128, 256)))
+    parse = build_parser().parse_args
+    tiles = tile_options(parse([]), engines)
+    assert (tiles.shape, tiles.overlap, tiles.batch, tiles.static) == ((192, 128), 32, 4, True)
+    tiles = tile_options(parse(["--tile", "256", "--tile-batch", "2"]), engines)
+    assert (tiles.shape, tiles.batch) == ((256, 256), 2)
+    with pytest.raises(UsageError, match="runs chops of 64..512 x 64..512 LR px, 4 per call"):
+        tile_options(parse(["--tiling", "official"]), engines)
+    graphs = Loaded(model=None, description="", source="--backend onnxruntime --artifacts x", shape_range=engines.shape_range)
+    assert tile_options(parse([]), graphs).shape == (256, 256) and tile_options(parse([]), graphs).batch == 1  # --tile's default
