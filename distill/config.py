@@ -60,7 +60,7 @@ class DataConfig:
     rescale_gt: bool = True  # the crop is a random square of the image's shorter side, area-resized to `crop`
     scale_range: tuple[float, float] = (1.0, 1.0)  # else: a crop / s square, s ~ U(lo, hi), area-resized
     shuffle_channels: bool = False  # RGB in a random order per crop
-    pool_batches: int = 10  # Real-ESRGAN training-pair pool of pool_batches x micro-batch pairs; 0: none
+    pool_batches: int = 10  # Real-ESRGAN training-pair pool of pool_batches x a process's batch per step; 0: none
     workers: int = 4  # DataLoader worker processes (crop loading); degradation runs on the device
 
 

@@ -169,7 +169,8 @@ class Trainer:
         self.wrapped = {name: self._wrap(net) for name, net in self.objective.networks.items()}
         self.ema = EMA(self.objective.networks[self.objective.exported], config.optim.ema_decay)
         use_pool = config.data.degradation == "realesrgan" and config.data.pool_batches > 0
-        self.pool = PairPool(config.data.pool_batches * self.micro) if use_pool else None
+        # ResShift's queue holds 10 of a process's batches (16 pairs each for RSD's 64 on 4 GPUs)
+        self.pool = PairPool(config.data.pool_batches * self.micro * config.optim.grad_accum) if use_pool else None
         if config.stage == "student" and config.model.init:
             self._init_from_release(Path(config.model.init))
         self.writer = None
