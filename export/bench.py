@@ -3,20 +3,22 @@
 For each backend x batch x LR size the same photos and noise run through the three stages one at a
 time and end to end; reported per case: latency p50 / p90 / p99, images/s, peak memory and the
 quality of the end-to-end output against the fp32 PyTorch reference (PSNR, LPIPS). The upstream
-anchors are the sampling procedures as the official scripts run them: the one-step RSD student
-and the teacher's T-step ResShift chain; speed-ups are stated against them. Backends that cannot
-run here are listed with the reason.
+anchors are the sampling procedures as the official scripts run them: the one-step RSD (or SinSR)
+student and the teacher's T-step ResShift chain, run by the official code itself with
+--upstream-src, else by the project pipeline, unbatched (labelled so); speed-ups are stated
+against them. Backends that cannot run here are listed with the reason.
 
     rsd-bench                                       # bundled demo model, batch 1,2, LR 64, the default backends
     rsd-bench --list                                # the backends and their properties
     rsd-bench --backends gpu --batch 1,4,16 --lr-size 64,128
+    rsd-bench --preset rsd-x4 --backends cpu --batch 1 --threads 2 --onnx-dir rsd-export-int8/ --upstream-src ResShift/
     rsd-bench --checkpoint rsd.pth --vae autoencoder_vq_f4.pth --teacher resshift_realsrx4_s15_v1.pth --onnx-dir rsd-export/
 
 Writes OUT/bench.json, OUT/bench.md and OUT/bench.png. Exit codes: 0 measured; 1 no selected
 backend could run here (one line says why each did not); 2 a bad option, path or checkpoint.
 
 Modules: :mod:`.bench_backends` (the registry), :mod:`.bench_upstream` (the upstream procedures),
-:mod:`.bench_inputs` (photos and noise), :mod:`.bench_measure` (the run), :mod:`.bench_report`
+:mod:`.bench_official` (the official code as upstream anchors), :mod:`.bench_inputs` (photos and noise), :mod:`.bench_measure` (the run), :mod:`.bench_report`
 (JSON, markdown, plot); timing is :mod:`rsd_deploy.timing`.
 """
 
@@ -36,6 +38,7 @@ from rsd_deploy.pipeline import SRPipeline
 
 from .bench_backends import GROUPS, backends, select
 from .bench_measure import BenchOptions, NothingRan, run_bench
+from .bench_official import checkout_method
 from .bench_report import write_report
 from .workflow import OptionError, check_complete
 
@@ -61,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     graphs.add_argument("--onnx-dir", type=Path, help="rsd-export output with <stage>.<precision>.onnx; default: fp32 graphs exported into OUT/onnx")
     graphs.add_argument("--plugin-onnx-dir", type=Path, help="rsd-export --attention plugin --precision fp32 output (TensorRT with the fused kernel)")
     graphs.add_argument("--engine-dir", type=Path, help="TensorRT engine cache; default ONNX_DIR/engines, as rsd-export")
+    parser.add_argument("--upstream-src", type=Path, action="append", metavar="DIR",
+                        help="a checkout of the official ResShift, SinSR or RSD code (repeat for several): the upstream backends run its "
+                        "sampler classes as its scripts do; default: the project pipeline, unbatched")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--warmup", type=int, default=1, help="untimed calls before each number")
     timing.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per number")
@@ -97,6 +103,10 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
                 check_complete(path)  # an interrupted rsd-export leaves a mixed set
             except OptionError as error:
                 raise UsageError(f"{option}: {error}") from None
+    for path in args.upstream_src or ():
+        if not path.is_dir() or checkout_method(path) is None:
+            raise UsageError(f"--upstream-src: {path} is not a checkout of the official ResShift, SinSR or RSD code "
+                             "(expected inference_resshift.py, configs/RSD.yaml or configs/SinSR.yaml in it)")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out: {args.out} exists and is not a folder")
     wanted = tuple(name.strip() for name in args.backends.split(",") if name.strip())
@@ -105,7 +115,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     except ValueError as error:
         raise UsageError(str(error)) from None
     return BenchOptions(batches=tuple(args.batch), sizes=tuple(args.lr_size), backends=wanted, device=args.device,
-                        onnx_dir=args.onnx_dir, plugin_onnx_dir=args.plugin_onnx_dir, engine_dir=args.engine_dir, work_dir=args.out,
+                        onnx_dir=args.onnx_dir, plugin_onnx_dir=args.plugin_onnx_dir, engine_dir=args.engine_dir,
+                        upstream_src=tuple(path.resolve() for path in args.upstream_src or ()), work_dir=args.out,
                         seed=args.seed, warmup=args.warmup, min_iters=args.min_iters, max_iters=args.iters, budget_s=args.budget_s)
 
 
@@ -121,8 +132,8 @@ def load_teacher(args: argparse.Namespace) -> SRPipeline | None:
     return None
 
 
-def list_backends(device: torch.device) -> None:
-    for b in backends(device):
+def list_backends(device: torch.device, official: bool) -> None:
+    for b in backends(device, official):
         flags = [flag for flag, on in (("needs GPU", b.needs_gpu), ("quality reference", b.reference), ("upstream", b.upstream)) if on]
         default = "default" if b.default else f"not default: {b.not_default_reason}"
         print(f"{b.name:24s} {b.summary} [{', '.join([*flags, default])}]")
@@ -131,7 +142,7 @@ def list_backends(device: torch.device) -> None:
 def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.list:
-        list_backends(device)
+        list_backends(device, bool(args.upstream_src))
         return 0
     options = options_from_args(args)
     pipe, teacher = load_model(args, seed=args.seed), load_teacher(args)

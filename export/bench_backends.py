@@ -1,8 +1,11 @@
 """What ``rsd-bench`` can measure: one registry entry per backend, its properties as fields.
 
 Every backend is made through the runner classes of :mod:`.runners` (PyTorch eager or
-``torch.compile``, ONNX Runtime, TensorRT) or is an upstream procedure
-(:class:`~.bench_upstream.UpstreamProcedure`). Nothing outside this table tests a backend by name.
+``torch.compile``, ONNX Runtime, OpenVINO, TensorRT) or is an upstream procedure: the official
+code of ``--upstream-src`` (:class:`~.bench_official.OfficialSampler`), else the project pipeline,
+unbatched (:class:`~.bench_upstream.UpstreamProcedure`). Graphs of ``--onnx-dir`` are read with
+:func:`~.artifacts.read_export` (a complete rsd-export folder, this model's, covering the grid).
+Nothing outside this table tests a backend by name.
 """
 
 from __future__ import annotations
@@ -18,12 +21,14 @@ from rsd_deploy import chain
 from rsd_deploy.pipeline import SRPipeline
 
 from .bench_upstream import UPSTREAM_STAGES, UpstreamProcedure
-from .runners import OnnxRuntimeRunner, Runner, RunnerUnavailable, TensorRTRunner, TorchRunner
+from .runners import OnnxRuntimeRunner, OpenVINORunner, Runner, RunnerUnavailable, TensorRTRunner, TorchRunner
 from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name
 
 # How a backend's end-to-end number is produced (Backend.end_to_end).
 FUSED_OR_CHAIN = "the fused pipeline stage where the runner has it, else chain.upscale over its stages"
 PROCEDURE = "the procedure itself: SRPipeline.forward image by image"
+OFFICIAL = "the procedure itself: the official sampler's sample_func image by image"
+PROCEDURES = (PROCEDURE, OFFICIAL)  # end to end is the runner's own upscale(lr)
 
 GROUPS = ("default", "all", "gpu", "cpu")  # names --backends accepts besides backend names
 
@@ -43,6 +48,7 @@ class BenchContext:
     engine_dir: Path | None = None
     seed: int = 0
     log: Callable[[str], None] = print
+    upstream_src: tuple[Path, ...] = ()  # official checkouts (--upstream-src): the upstream backends run their code
     exported: dict[str, Path] = field(default_factory=dict)  # the fp32 graphs, once found or exported
 
 
@@ -57,12 +63,13 @@ class Backend:
     reference: bool = False  # the quality reference: every other output is compared with its output
     upstream: bool = False  # an official procedure: speed-ups are stated against it
     same_model: bool = True  # False: runs another model (the teacher), so its quality is not compared
+    same_noise: bool = True  # False: draws its own noise (the official samplers), so its quality is not compared
     end_to_end: str = FUSED_OR_CHAIN
     stages: tuple[chain.Stage, ...] = chain.STAGES  # timed one by one, with what each reads
 
     def properties(self) -> dict:
         return {"summary": self.summary, "needs_gpu": self.needs_gpu, "reference": self.reference, "upstream": self.upstream,
-                "same_model": self.same_model}
+                "same_model": self.same_model, "same_noise": self.same_noise}
 
 
 # --- makers -------------------------------------------------------------------------------------
@@ -85,36 +92,73 @@ def _covers(recorded: dict, wanted: ShapeRange) -> bool:
     return all(key in recorded and recorded[key][0] <= low and high <= recorded[key][2] for key, (low, _, high) in ranges.items())
 
 
+def exported_graphs(ctx: BenchContext, precision: str, directory: Path | None = None, option: str = "--onnx-dir") -> dict[str, Path]:
+    """The ``precision`` graphs of the complete rsd-export folder ``directory`` (default
+    ``--onnx-dir``), stage -> path (the fused stage too when the run exported it), checked to be
+    the benchmarked model's and to cover the grid."""
+    from .artifacts import ArtifactError, read_export
+
+    directory = directory or ctx.onnx_dir
+    if directory is None:
+        raise RunnerUnavailable(f"needs {option} (rsd-export --precision {precision})")
+    try:
+        graphs = read_export(directory, precision).graphs
+        missing = [name for name in chain.STAGE_NAMES if name not in graphs.graphs]
+        if missing:
+            raise ArtifactError(f"{directory}: no {precision} graph of the {', '.join(missing)} stage (rsd-export --stages)")
+        if graphs.source != ctx.pipe.description:
+            raise ArtifactError(f"{directory}: graphs of {graphs.source!r}, not of the benchmarked {ctx.pipe.description!r}")
+        graphs.check_model(ctx.pipe)
+        graphs.check_fits(ctx.shape_range, "the grid (--batch, --lr-size)")
+    except ArtifactError as error:
+        raise RunnerUnavailable(str(error)) from None
+    return graphs.paths()
+
+
 def fp32_graphs(ctx: BenchContext) -> dict[str, Path]:
     """The fp32 graphs of every stage: ``--onnx-dir``'s, or exported into ``work_dir/onnx`` (again
     when those were exported from another model or for a smaller shape range than the grid)."""
     if ctx.exported:
         return ctx.exported
+    if ctx.onnx_dir is not None:
+        ctx.exported = exported_graphs(ctx, "fp32")
+        return ctx.exported
     from .onnx_export import export_stage, read_metadata
 
-    directory = ctx.onnx_dir
-    if directory is None:
-        directory = ctx.work_dir / "onnx"
-        stages = describe_stages(ctx.pipe)
-        for name in STAGE_NAMES:
-            path = directory / onnx_file_name(name, "fp32")
-            recorded = read_metadata(path) if path.is_file() else {}
-            if recorded.get("source") == ctx.pipe.description and _covers(recorded.get("shape_range", {}), ctx.shape_range):
-                continue
-            began = time.perf_counter()
-            export_stage(stages[name], ctx.pipe, path, ctx.shape_range)
-            ctx.log(f"  exported the {name} graph to {path} in {time.perf_counter() - began:.1f} s")
-    graphs = {name: directory / onnx_file_name(name, "fp32") for name in STAGE_NAMES}
-    missing = [str(graphs[name]) for name in chain.STAGE_NAMES if not graphs[name].is_file()]
-    if missing:
-        raise RunnerUnavailable(f"no exported graphs: {', '.join(missing)} (run rsd-export first, or drop --onnx-dir)")
-    ctx.exported = {name: path for name, path in graphs.items() if path.is_file()}  # the fused graph when there
+    directory = ctx.work_dir / "onnx"
+    stages = describe_stages(ctx.pipe)
+    for name in STAGE_NAMES:
+        path = directory / onnx_file_name(name, "fp32")
+        recorded = read_metadata(path) if path.is_file() else {}
+        if recorded.get("source") == ctx.pipe.description and _covers(recorded.get("shape_range", {}), ctx.shape_range):
+            continue
+        began = time.perf_counter()
+        export_stage(stages[name], ctx.pipe, path, ctx.shape_range)
+        ctx.log(f"  exported the {name} graph to {path} in {time.perf_counter() - began:.1f} s")
+    ctx.exported = {name: directory / onnx_file_name(name, "fp32") for name in STAGE_NAMES}
     return ctx.exported
 
 
-def _onnxruntime(provider: str) -> Callable[[BenchContext], Runner]:
+def graphs_of(ctx: BenchContext, precision: str) -> dict[str, Path]:
+    """The graphs of ``precision``: fp32 as :func:`fp32_graphs`, others from ``--onnx-dir``."""
+    return fp32_graphs(ctx) if precision == "fp32" else exported_graphs(ctx, precision)
+
+
+def _onnxruntime(provider: str, precision: str = "fp32") -> Callable[[BenchContext], Runner]:
     def make(ctx: BenchContext) -> Runner:
-        return OnnxRuntimeRunner(fp32_graphs(ctx), "fp32", provider=provider)
+        return OnnxRuntimeRunner(graphs_of(ctx, precision), precision, provider=provider)
+
+    return make
+
+
+def _openvino(precision: str, inference_precision: str) -> Callable[[BenchContext], Runner]:
+    """OpenVINO on the CPU: the ``precision`` graphs compiled at ``inference_precision``."""
+
+    def make(ctx: BenchContext) -> Runner:
+        from .runners.openvino_runner import _ov
+
+        _ov()  # one line when the extra is missing, before any graph is exported
+        return OpenVINORunner(graphs_of(ctx, precision), precision, inference_precision)
 
     return make
 
@@ -129,14 +173,10 @@ def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], 
         from .onnx_export import read_metadata
 
         directory = ctx.plugin_onnx_dir if plugin else ctx.onnx_dir
-        if directory is None:
-            wanted = "--plugin-onnx-dir (rsd-export --attention plugin --precision fp32)" if plugin else f"--onnx-dir (rsd-export --precision {precision})"
-            raise RunnerUnavailable(f"needs {wanted} with every stage")
-        graphs = {name: directory / onnx_file_name(name, precision) for name in STAGE_NAMES}
-        missing = [str(graphs[name]) for name in chain.STAGE_NAMES if not graphs[name].is_file()]
-        if missing:
-            raise RunnerUnavailable(f"{', '.join(missing)} missing (rsd-export --precision {precision})")
-        graphs = {name: path for name, path in graphs.items() if path.is_file()}
+        option = "--plugin-onnx-dir" if plugin else "--onnx-dir"
+        if plugin and directory is None:
+            raise RunnerUnavailable("needs --plugin-onnx-dir (rsd-export --attention plugin --precision fp32)")
+        graphs = exported_graphs(ctx, precision, directory, option)
         for path in graphs.values():
             attention = read_metadata(path).get("attention", "reference")
             if attention != ("plugin" if plugin else "reference"):
@@ -147,25 +187,35 @@ def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], 
     return make
 
 
-def _upstream_student(ctx: BenchContext) -> Runner:
-    return UpstreamProcedure(ctx.pipe, 1, ctx.device, ctx.seed)
+def _upstream(teacher: bool) -> Callable[[BenchContext], Runner]:
+    """The official procedure for the student (one step) or the teacher (all T steps): the official
+    code of ``--upstream-src``, else the project pipeline, unbatched."""
 
+    def make(ctx: BenchContext) -> Runner:
+        pipe = ctx.teacher if teacher else ctx.pipe
+        if pipe is None:
+            raise RunnerUnavailable("no teacher: pass --teacher (or --preset with a known teacher architecture)")
+        steps = pipe.schedule.steps if teacher else 1
+        if ctx.upstream_src:
+            from .bench_official import OfficialSampler
 
-def _upstream_teacher(ctx: BenchContext) -> Runner:
-    if ctx.teacher is None:
-        raise RunnerUnavailable("no teacher: pass --teacher (or --preset with a known teacher architecture)")
-    return UpstreamProcedure(ctx.teacher, ctx.teacher.schedule.steps, ctx.device, ctx.seed)
+            return OfficialSampler(ctx.upstream_src, pipe, steps, ctx.device, ctx.seed)
+        return UpstreamProcedure(pipe, steps, ctx.device, ctx.seed)
+
+    return make
 
 
 # --- the registry -------------------------------------------------------------------------------
 
 
-def backends(device: torch.device) -> list[Backend]:
+def backends(device: torch.device, official: bool = False) -> list[Backend]:
     """Every backend, the quality reference first. ``device``: where the PyTorch and upstream
-    backends run (it decides torch.compile's default selection)."""
+    backends run (it decides torch.compile's default selection); ``official``: the upstream
+    backends run the official code (``--upstream-src``), not the project pipeline."""
     slow_compile = "compiling takes minutes on a CPU; select it with --backends torch-compile"
     fp32, fp16, bf16 = torch.float32, torch.float16, torch.bfloat16
-    upstream = dict(upstream=True, end_to_end=PROCEDURE, stages=UPSTREAM_STAGES)
+    upstream = dict(upstream=True, end_to_end=OFFICIAL if official else PROCEDURE, stages=UPSTREAM_STAGES, same_noise=not official)
+    how = "the official code of --upstream-src" if official else "project pipeline, unbatched (SRPipeline.forward per image)"
     return [
         Backend("pytorch-fp32", "PyTorch eager fp32, official attention (the quality reference)", _torch(fp32, "reference"), reference=True),
         Backend("pytorch-fp32-sdpa", "PyTorch eager fp32, scaled_dot_product_attention", _torch(fp32, "sdpa")),
@@ -177,16 +227,23 @@ def backends(device: torch.device) -> list[Backend]:
         Backend("torch-compile", "torch.compile (inductor), sdpa attention; fp16 on GPU, fp32 on CPU", _compiled,
                 default=device.type == "cuda", not_default_reason=slow_compile),
         Backend("onnxruntime-cpu", "ONNX Runtime, CPU execution provider, fp32 graphs", _onnxruntime("CPUExecutionProvider")),
+        Backend("onnxruntime-cpu-int8", "ONNX Runtime, CPU execution provider, the INT8 Q/DQ graphs of --onnx-dir (its QDQ kernels: "
+                "VNNI where the CPU has it)", _onnxruntime("CPUExecutionProvider", "int8")),
+        Backend("openvino-fp32", "OpenVINO CPU, fp32 graphs, f32 inference precision", _openvino("fp32", "f32")),
+        Backend("openvino-bf16", "OpenVINO CPU, fp32 graphs, bf16 inference precision (CPUs with AVX-512 BF16 or AMX)",
+                _openvino("fp32", "bf16")),
+        Backend("openvino-int8", "OpenVINO CPU, the INT8 Q/DQ graphs of --onnx-dir, the other ops f32", _openvino("int8", "f32")),
+        Backend("openvino-int8-bf16", "OpenVINO CPU, the INT8 Q/DQ graphs of --onnx-dir, the other ops bf16", _openvino("int8", "bf16")),
         Backend("onnxruntime-cuda", "ONNX Runtime, CUDA execution provider, fp32 graphs", _onnxruntime("CUDAExecutionProvider"), needs_gpu=True),
         Backend("tensorrt-fp32", "TensorRT engines from the fp32 graphs", _tensorrt("fp32"), needs_gpu=True),
         Backend("tensorrt-fp32-plugin", "TensorRT engines with the fused Triton window-attention plugin (fp32 graphs)",
                 _tensorrt("fp32", plugin=True), needs_gpu=True),
         Backend("tensorrt-fp16", "TensorRT engines from the fp16 graphs", _tensorrt("fp16"), needs_gpu=True),
         Backend("tensorrt-int8", "TensorRT engines from the INT8 Q/DQ graphs", _tensorrt("int8"), needs_gpu=True),
-        Backend("upstream-rsd-1step", "the one-step RSD procedure as the official scripts run it (SRPipeline.forward per image; "
-                "fp16 autocast on CUDA)", _upstream_student, **upstream),
-        Backend("upstream-resshift", "the ResShift chain on the teacher as the official scripts run it, all T steps of its schedule "
-                "(fp16 autocast on CUDA)", _upstream_teacher, same_model=False, **upstream),
+        Backend("upstream-rsd-1step", f"the one-step student as RSD's (SinSR's without a noise map) inference.py --one_step runs it: "
+                f"{how}; fp16 UNet torso + fp16 autoencoder on CUDA, fp32 on a CPU", _upstream(teacher=False), **upstream),
+        Backend("upstream-resshift", f"the teacher's T-step chain as ResShift's inference_resshift.py runs it: {how}; "
+                "fp16 autocast on CUDA, fp32 on a CPU", _upstream(teacher=True), same_model=False, **upstream),
     ]
 
 

@@ -27,7 +27,7 @@ from rsd_deploy.errors import one_line
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.timing import PeakRSS, Timer
 
-from .bench_backends import PROCEDURE, Backend, BenchContext, backends, select
+from .bench_backends import PROCEDURES, Backend, BenchContext, backends, select
 from .bench_inputs import CaseInputs, case_inputs
 from .runners import Runner, RunnerUnavailable
 from .stages import FUSED, ShapeRange
@@ -73,6 +73,7 @@ class BenchOptions:
     onnx_dir: Path | None = None
     plugin_onnx_dir: Path | None = None
     engine_dir: Path | None = None
+    upstream_src: tuple[Path, ...] = ()  # official checkouts: the upstream backends run their code
     work_dir: Path = Path("bench")  # graphs exported here (onnx/) when no onnx_dir
     seed: int = 0
     warmup: int = 1
@@ -91,8 +92,8 @@ def _mib(value: float) -> float:
 
 def end_to_end(backend: Backend, runner: Runner, case: CaseInputs) -> tuple[Callable[[], torch.Tensor], str]:
     """The end-to-end call for ``case`` (see ``Backend.end_to_end``) and what it is."""
-    if backend.end_to_end == PROCEDURE:
-        return lambda: runner.upscale(case.lr), PROCEDURE
+    if backend.end_to_end in PROCEDURES:
+        return lambda: runner.upscale(case.lr), backend.end_to_end
     stage = runner.stage_fn()
     if FUSED in runner.stages:
         return lambda: stage(FUSED, case.fused_feeds), f"the fused {FUSED} stage"
@@ -149,7 +150,7 @@ class Quality:
 
         if backend.reference:
             self.references[key] = output
-        expected = self.references.get(key) if backend.same_model else None
+        expected = self.references.get(key) if backend.same_model and backend.same_noise else None
         if expected is None:
             return {"psnr_db": None, "lpips": None}
         if self.lpips is None:
@@ -163,11 +164,11 @@ def run_bench(pipe: SRPipeline, options: BenchOptions, teacher: SRPipeline | Non
     """Measure the grid (see the module docstring); raises :class:`NothingRan` when no selected
     backend ran a single case. The inputs are made when the first backend is ready."""
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    registry = backends(device)
+    registry = backends(device, official=bool(options.upstream_src))
     selected, skipped = select(registry, list(options.backends))
     timer = Timer(device, options.warmup, options.min_iters, options.max_iters, options.budget_s)
     ctx = BenchContext(pipe.eval(), teacher, device, options.shape_range(), options.work_dir, options.onnx_dir,
-                       options.plugin_onnx_dir, options.engine_dir, options.seed, log)
+                       options.plugin_onnx_dir, options.engine_dir, options.seed, log, options.upstream_src)
     reference_name = next((b.name for b in registry if b.reference), None)
     report = BenchReport(environment(device), pipe.description, {"batch": list(options.batches), "lr_size": list(options.sizes)},
                          timer.settings(), {"psnr": f"dB vs {reference_name} end-to-end output"},

@@ -37,6 +37,8 @@ def test_help_shows_the_defaults():
     (["--seed", "-1"], "--seed: expected a non-negative integer"),
     (["--checkpoint", "/nonexistent/unet.pth", "--vae", "/nonexistent/vq.pth"], "/nonexistent/unet.pth"),
     (["--preset", "tiny-rsd", "--vae", "/x.pth"], "--vae / --config go with --checkpoint"),
+    (["--upstream-src", "/nonexistent/ResShift"], "--upstream-src: /nonexistent/ResShift is not a checkout of the official ResShift, "
+                                                  "SinSR or RSD code (expected inference_resshift.py, configs/RSD.yaml or configs/SinSR.yaml in it)"),
 ])
 def test_bad_options_are_one_line_exit_2(args, message, tmp_path, capsys):
     out = tmp_path / "out"

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from rsd_deploy import chain
-from rsd_deploy.export.bench_backends import (PROCEDURE, BenchContext, _covers, backends, select)
+from rsd_deploy.export.bench_backends import OFFICIAL, PROCEDURE, PROCEDURES, BenchContext, _covers, backends, exported_graphs, select
 from rsd_deploy.export.bench_upstream import UPSTREAM_STAGES
 from rsd_deploy.export.runners import RunnerUnavailable
 from rsd_deploy.export.stages import ShapeRange
@@ -25,10 +25,23 @@ def test_properties_are_fields():
     assert [b.name for b in registry if b.reference] == [registry[0].name] == ["pytorch-fp32"]  # the reference runs first
     upstream = [b for b in registry if b.upstream]
     assert {b.name for b in upstream} == {"upstream-rsd-1step", "upstream-resshift"}
-    assert all(b.end_to_end == PROCEDURE and b.stages == UPSTREAM_STAGES for b in upstream)
-    assert all(b.stages == chain.STAGES and b.end_to_end != PROCEDURE for b in registry if not b.upstream)
+    assert all(b.end_to_end == PROCEDURE and b.stages == UPSTREAM_STAGES and b.same_noise for b in upstream)
+    assert all(b.stages == chain.STAGES and b.end_to_end not in PROCEDURES for b in registry if not b.upstream)
     assert [b.name for b in registry if not b.same_model] == ["upstream-resshift"]  # the teacher: quality not compared
     assert {b.name for b in registry if b.needs_gpu} >= {"pytorch-fp16-sdpa", "onnxruntime-cuda", "tensorrt-fp16", "tensorrt-int8"}
+    cpu = {b.name for b in select(registry, ["cpu"])[0]}
+    assert cpu >= {"onnxruntime-cpu", "onnxruntime-cpu-int8", "openvino-fp32", "openvino-bf16", "openvino-int8", "openvino-int8-bf16"}
+
+
+def test_upstream_labels_say_what_runs_and_its_precision():
+    project, official = by_name(), {b.name: b for b in backends(CPU, official=True)}
+    student, teacher = project["upstream-rsd-1step"].summary, project["upstream-resshift"].summary
+    assert "project pipeline, unbatched" in student and "fp16 UNet torso + fp16 autoencoder on CUDA, fp32 on a CPU" in student
+    assert "project pipeline, unbatched" in teacher and "fp16 autocast on CUDA, fp32 on a CPU" in teacher
+    for name in ("upstream-rsd-1step", "upstream-resshift"):
+        assert "the official code of --upstream-src" in official[name].summary
+        # the official samplers draw their own noise: their images are not compared with the reference's
+        assert official[name].end_to_end == OFFICIAL and not official[name].same_noise
 
 
 def test_torch_compile_is_default_on_a_gpu_only():
@@ -55,11 +68,12 @@ def test_makers_say_why_they_cannot_run(micro_pixel_unshuffle, tmp_path):
     registry = by_name()
     with pytest.raises(RunnerUnavailable, match="needs --onnx-dir \\(rsd-export --precision fp16\\)"):
         registry["tensorrt-fp16"].make(ctx)
+    with pytest.raises(RunnerUnavailable, match="^needs --onnx-dir \\(rsd-export --precision int8\\)$"):
+        registry["openvino-int8"].make(ctx)
     ctx.plugin_onnx_dir = ctx.onnx_dir = tmp_path
-    with pytest.raises(RunnerUnavailable, match="encoder.int8.onnx, .*generator.int8.onnx, .*decoder.int8.onnx missing"):
-        registry["tensorrt-int8"].make(ctx)
-    with pytest.raises(RunnerUnavailable, match="no exported graphs: .*encoder.fp32.onnx"):
-        registry["onnxruntime-cpu"].make(ctx)
+    for name in ("tensorrt-int8", "onnxruntime-cpu"):  # --onnx-dir must be a complete rsd-export folder
+        with pytest.raises(RunnerUnavailable, match="no report.json \\(not an rsd-export output folder\\)"):
+            registry[name].make(ctx)
     with pytest.raises(RunnerUnavailable, match="no teacher"):
         registry["upstream-resshift"].make(ctx)
     if not torch.cuda.is_available():
@@ -74,3 +88,20 @@ def test_exported_graphs_are_reused_only_when_they_cover_the_grid():
     assert not _covers(recorded, ShapeRange(batch=(1, 1, 8), height=(64, 64, 128), width=(64, 64, 128)))
     assert not _covers(recorded, ShapeRange(batch=(1, 1, 2), height=(64, 64, 512), width=(64, 64, 128)))
     assert not _covers({}, ShapeRange())
+
+
+def test_onnx_dir_graphs_are_this_models_and_cover_the_grid(onnx_dir, demo, micro_pixel_unshuffle, tmp_path):
+    """--onnx-dir is read as an rsd-export folder (artifacts.read_export): the graphs of one
+    precision, of the benchmarked model, exported for a shape range that holds the grid."""
+    grid = ShapeRange(batch=(1, 1, 2), height=(64, 64, 128), width=(64, 64, 128))
+    ctx = BenchContext(demo, None, CPU, grid, tmp_path, onnx_dir)
+    assert set(exported_graphs(ctx, "fp32")) >= set(chain.STAGE_NAMES)
+    registry = by_name()
+    with pytest.raises(RunnerUnavailable, match="no int8 graphs \\(report.json lists fp32\\); run rsd-export --precision int8"):
+        registry["onnxruntime-cpu-int8"].make(ctx)
+    ctx.shape_range = ShapeRange(batch=(1, 1, 8), height=(64, 64, 128), width=(64, 64, 128))
+    with pytest.raises(RunnerUnavailable, match="exported for batch 1..4 .*the grid \\(--batch, --lr-size\\)"):
+        exported_graphs(ctx, "fp32")
+    other = BenchContext(micro_pixel_unshuffle, None, CPU, grid, tmp_path, onnx_dir)
+    with pytest.raises(RunnerUnavailable, match="graphs of .*, not of the benchmarked 'UNTRAINED: micro test pipeline"):
+        registry["onnxruntime-cpu"].make(other)

@@ -1,0 +1,84 @@
+"""The OpenVINO runner: exported graphs compiled for the CPU at an inference precision, chained
+like PyTorch; INT8 from the Q/DQ graphs; one-line reasons when it cannot run."""
+
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from rsd_deploy import chain
+from rsd_deploy.export.onnx_export import export_stage
+from rsd_deploy.export.parity import psnr
+from rsd_deploy.export.precision import quantize_qdq
+from rsd_deploy.export.runners import OpenVINORunner, RunnerUnavailable, TorchRunner
+from rsd_deploy.export.runners import openvino_runner
+from rsd_deploy.export.stages import CHAINED_STAGES, ShapeRange, describe_stages
+
+pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'rsd-deploy[openvino]')")
+
+SHAPES = ShapeRange(batch=(1, 1, 2), height=(64, 64, 128), width=(64, 64, 128))
+
+
+@pytest.fixture(scope="module")
+def graphs(micro, tmp_path_factory):
+    out = tmp_path_factory.mktemp("openvino")
+    stages = describe_stages(micro)
+    return {name: export_stage(stages[name], micro, out / f"{name}.fp32.onnx", SHAPES) for name in CHAINED_STAGES}
+
+
+def _chain_inputs(micro, height=50, width=64):
+    generator = torch.Generator().manual_seed(1)
+    lr = torch.rand(1, 3, height, width, generator=generator)
+    eps, noise_map = torch.randn(1, 3, 64, 64, generator=generator), torch.randn(1, 1, 64, 64, generator=generator)
+    return lr, eps, noise_map, micro.schedule.prior_scale, micro.codec.scale
+
+
+def test_f32_chain_matches_pytorch(micro, graphs):
+    runner = OpenVINORunner(graphs, "fp32", threads=1)
+    assert runner.stages == CHAINED_STAGES and runner.precision == "fp32" and "INFERENCE_PRECISION_HINT f32, 1 threads" in runner.notes
+    args = _chain_inputs(micro)
+    ours, reference = chain.upscale(runner.stage_fn(), *args), chain.upscale(TorchRunner(micro).stage_fn(), *args)
+    assert ((ours - reference).norm() / reference.norm()).item() < 1e-4
+    # outputs are copies: the next call does not overwrite what the last one returned
+    feeds = {"z": torch.randn(1, 3, 64, 64)}
+    first = runner.run("decoder", feeds)["hr"]
+    kept = first.clone()
+    runner.run("decoder", {"z": torch.randn(1, 3, 64, 64)})
+    assert torch.equal(first, kept)
+
+
+@pytest.mark.skipif("BF16" not in openvino_runner.cpu_capabilities(), reason="this CPU has no native bf16 (AVX-512 BF16 / AMX)")
+def test_bf16_runs_near_fp32(micro, graphs):
+    runner = OpenVINORunner(graphs, "fp32", "bf16", threads=1)
+    assert runner.precision == "fp32 graphs, bf16 compute"
+    args = _chain_inputs(micro)
+    ours, reference = chain.upscale(runner.stage_fn(), *args), chain.upscale(TorchRunner(micro).stage_fn(), *args)
+    assert 25 < psnr(ours, reference) < 90  # bf16 rounding: close, but not float32 exact
+
+
+def test_int8_qdq_graphs(micro, graphs, tmp_path):
+    """The Q/DQ graph of one stage (ModelOpt, as rsd-export --precision int8) runs with int8 kernels."""
+    generator = np.random.default_rng(0)
+    z = generator.standard_normal((4, 3, 64, 64)).astype(np.float32)
+    path = tmp_path / "decoder.int8.onnx"
+    quantize_qdq(graphs["decoder"], path, {"z": z}, "int8", "max")
+    int8, fp32 = OpenVINORunner({"decoder": path}, "int8", threads=1), OpenVINORunner({"decoder": graphs["decoder"]}, "fp32", threads=1)
+    assert int8.precision == "int8"
+    feeds = {"z": torch.from_numpy(z[:1])}
+    quantized, reference = int8.run("decoder", feeds)["hr"], fp32.run("decoder", feeds)["hr"]
+    assert 15 < psnr(quantized, reference) < 80  # quantization error: close to fp32, not equal
+
+
+def test_unavailable_and_bad_options(graphs, tmp_path, monkeypatch):
+    with pytest.raises(RunnerUnavailable, match="no exported graph: .*missing.onnx"):
+        OpenVINORunner({"encoder": tmp_path / "missing.onnx"}, "fp32")
+    with pytest.raises(ValueError, match="inference_precision: expected one of f32, bf16, got 'f16'"):
+        OpenVINORunner(graphs, "fp32", "f16")
+    # a CPU without native bf16 (what OpenVINO reports on, e.g., AVX2-only CPUs)
+    monkeypatch.setattr(openvino_runner, "cpu_capabilities", lambda: ("FP32", "INT8"))
+    with pytest.raises(RunnerUnavailable, match="^this CPU has no native bf16 .*OpenVINO reports FP32, INT8$"):
+        OpenVINORunner(graphs, "fp32", "bf16")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
+    with pytest.raises(RunnerUnavailable, match=r"openvino is not installed .*pip install 'rsd-deploy\[openvino\]'"):
+        OpenVINORunner(graphs, "fp32")
