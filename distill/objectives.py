@@ -56,7 +56,6 @@ def add_noise_channel(teacher: UNetModelSwin, channels: int = 1) -> UNetModelSwi
     extra = weight.new_zeros(weight.shape[0], channels, *weight.shape[2:])
     state["input_blocks.0.0.weight"] = torch.cat([weight, extra], dim=1)
     student.load_state_dict(state, strict=True)
-    student.config = config
     return student
 
 

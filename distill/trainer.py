@@ -27,13 +27,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from rsd_deploy.atomic import atomic_path
-from rsd_deploy.checkpoints import (CheckpointError, load_codec, load_pipeline, load_unet, read_state_dict, read_training_checkpoint,
-                                    save_pipeline, split_unet)
+from rsd_deploy.checkpoints import (CheckpointError, load_checkpoint_file, load_codec, load_pipeline, load_unet, read_state_dict,
+                                    read_training_checkpoint, save_pipeline, split_unet)
 from rsd_deploy.models.autoencoder import build_codec
 from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.pipeline import SRPipeline
@@ -125,6 +125,14 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(tmp))
 
 
+def _read(file: Path):
+    """A checkpoint file's content; CheckpointError naming the file (not its folder) when unreadable."""
+    try:
+        return load_checkpoint_file(file)
+    except CheckpointError as error:
+        raise CheckpointError(f"{file.name} unreadable ({str(error).removeprefix(f'{file}: ')})") from None
+
+
 def _check_layout(net: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """The same keys and shapes as ``net``, or CheckpointError in one line."""
     own = net.state_dict()
@@ -183,9 +191,7 @@ class Trainer:
         if self.config.stage == "teacher":
             codec = self._codec()
             torch.manual_seed(self.config.run.seed)
-            unet = UNetModelSwin(**cfg.unet)
-            unet.config = dict(cfg.unet)
-            return codec, ResShiftSchedule(**cfg.schedule), unet
+            return codec, ResShiftSchedule(**cfg.schedule), UNetModelSwin(**cfg.unet)
         if not cfg.teacher:
             raise ValueError("config.model.teacher: the student stage needs a teacher checkpoint (a save_pipeline directory or an official .pth)")
         teacher_path = Path(cfg.teacher)
@@ -383,16 +389,10 @@ class Trainer:
         tensors = {}
         for name in names + ["ema"] + (["pool"] if self.pool is not None else []):
             file = folder / (f"pool_rank{self.rank}.safetensors" if name == "pool" else f"{name}.safetensors")
-            try:
-                tensors[name] = load_file(str(file), device=str(self.device))
-            except Exception as error:
-                raise CheckpointError(f"{file.name} unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+            tensors[name] = _read(file)
             if name != "pool":
                 _check_layout(self.objective.networks.get(name, self.ema.model), tensors[name], file.name)
-        try:
-            state = torch.load(folder / "trainer_state.pt", map_location=self.device, weights_only=True)
-        except Exception as error:
-            raise CheckpointError(f"trainer_state.pt unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})") from None
+        state = _read(folder / "trainer_state.pt")
         if not isinstance(state, dict) or not {"step", "optimizers", "scalers", "torch_rng"} <= set(state) \
                 or set(state["optimizers"]) != set(self.optimizers):
             raise CheckpointError("trainer_state.pt does not hold this run's optimizer state")
@@ -445,8 +445,7 @@ class Trainer:
 
     def pipeline(self, description: str = "") -> SRPipeline:
         """The EMA network as a one-step (student) or T-step (teacher) pipeline, on CPU copies."""
-        unet = copy.deepcopy(self.ema.model).float().cpu().eval()
-        unet.config = dict(self.objective.networks[self.objective.exported].config)
+        unet = copy.deepcopy(self.ema.model).float().cpu().eval()  # its recorded config comes along
         return SRPipeline(unet, copy.deepcopy(self.codec).cpu(), self.schedule, description)
 
     @torch.no_grad()

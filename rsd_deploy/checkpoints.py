@@ -20,6 +20,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path
+from .errors import one_line
 from .models.autoencoder import VQ_F4_CONFIG, VQAutoencoder, build_codec, convert_ldm_vq_state_dict, is_ldm_vq_state_dict
 from .models.unet import UNetModelSwin
 from .pipeline import SRPipeline
@@ -33,7 +34,6 @@ _WRAPPER_KEYS = ("state_dict", "model", "ema", "ema_model", "params_ema", "modul
 _PREFIXES = ("module.", "_orig_mod.")
 # An RSD training checkpoint (trainer.py save_ckpt, model_N.pth): {"state_dict": {"student": ..., "fake": ...}, ...}
 TRAINING_PARTS = ("student", "fake")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class CheckpointError(ValueError):
@@ -44,21 +44,24 @@ class CheckpointError(ValueError):
 
 
 def _why_unreadable(path: Path, error: Exception) -> CheckpointError:
-    """One line, without torch's multi-line advice (never: re-run with weights_only=False) or ANSI codes."""
-    text = _ANSI.sub("", str(error)).strip()
+    """One line, without torch's advice (never: re-run with weights_only=False) or ANSI codes."""
+    text = one_line(error)
     if "Weights only load failed" in text:
-        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", text)
-        detail = found.group(1).strip() if found else "not a plain tensor pickle"
+        found = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n|$)", str(error))  # its own line, before the advice
+        detail = one_line(found.group(1)) if found else "not a plain tensor pickle"
         if "Unsupported global" in detail:
             detail = re.sub(r" was not an allowed global.*", "", detail)
             return CheckpointError(f"{path}: refused: it pickles Python objects, not only tensors ({detail}); "
                                    "checkpoints are read as tensors only")
         return CheckpointError(f"{path}: not a readable checkpoint (not a torch or safetensors file: {detail})")
-    first = re.split(r"(?<=\.)\s|\n", text, maxsplit=1)[0].rstrip(".") if text else type(error).__name__
+    first = re.split(r"(?<=\.)\s", text, maxsplit=1)[0].rstrip(".")
     return CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt? {first})")
 
 
-def _load_file(path: Path):
+def load_checkpoint_file(path: str | Path):
+    """A ``.safetensors`` file's tensors or a torch file's content (``weights_only``), on the CPU;
+    CheckpointError (one line naming the file) when it cannot be read."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
@@ -110,7 +113,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors of a checkpoint file, unwrapped (``{"state_dict": ...}``, EMA wrappers; the student
     of an RSD training checkpoint) and with ``module.`` / ``_orig_mod.`` prefixes stripped."""
     path = Path(path)
-    state = _load_file(path)
+    state = load_checkpoint_file(path)
     parts = _training_parts(state)
     return _tensors(parts["student"] if parts else _unwrap(state), path)
 
@@ -120,7 +123,7 @@ def read_training_checkpoint(path: str | Path) -> dict:
     "step": iters_start}``. The fake model is the official GAN wrapper around a UNet; its layout
     is not public, so it comes back as saved (see :func:`split_unet`)."""
     path = Path(path)
-    state = _load_file(path)
+    state = load_checkpoint_file(path)
     parts = _training_parts(state)
     if parts is None:
         raise CheckpointError(f"{path}: not an RSD training checkpoint (expected state_dict with 'student' and 'fake')")
