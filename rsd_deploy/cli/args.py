@@ -54,7 +54,8 @@ def load_model(args: argparse.Namespace, seed: int = 0) -> SRPipeline:
             raise UsageError("--vae / --config go with --checkpoint, not --preset")
         return build_pipeline(args.preset, seed=seed)
     if args.checkpoint:
-        return load_pipeline(args.checkpoint, args.vae, unet_config=args.config)
+        # a command's --steps picks the official schedule of a bare .pth (4: ResShift v3)
+        return load_pipeline(args.checkpoint, args.vae, unet_config=args.config, steps=getattr(args, "steps", None))
     if args.vae or args.config:
         raise UsageError("--vae / --config need --checkpoint (the UNet) too")
     return default_pipeline()
