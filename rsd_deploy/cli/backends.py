@@ -132,14 +132,14 @@ def _tensorrt(flavour: str) -> Callable[[argparse.Namespace], Loaded]:
         exported = _exported(args)
         if trt_tools.local_gpu() is None:
             raise UsageError(f"--backend {flavour}: running TensorRT engines needs a CUDA GPU, and none is visible here")
-        try:
-            target, _ = trt_tools.resolve_target(flavour)
-        except trt_tools.TensorRTUnavailable as error:
-            raise UsageError(f"--backend {flavour}: {error}") from None
         engines = exported.engine_files(flavour)
         cache = next(iter(engines.values())).parent if engines else exported.folder / "engines"
         graphs = exported.graphs
-        runner = TensorRTRunner(graphs.paths(), graphs.specs(), graphs.precision, graphs.shape_range, cache, target)
+        try:
+            target, _ = trt_tools.resolve_target(flavour)
+            runner = TensorRTRunner(graphs.paths(), graphs.specs(), graphs.precision, graphs.shape_range, cache, target)
+        except trt_tools.TensorRTUnavailable as error:  # not installed, or an engine for another GPU / version
+            raise UsageError(f"--backend {flavour}: {error}") from None
         return _loaded(runner, exported, engine=True)
 
     return load
