@@ -17,7 +17,6 @@ Command line: ``python -m rsd_deploy.export.aoti --preset tiny-rsd --lr-size 64 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -96,35 +95,37 @@ def reference_upscale(model, pipe: SRPipeline, lr: torch.Tensor, seed: int) -> n
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rsd_deploy.export.aoti", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="tiny-rsd", help="architecture with seeded random weights when no --checkpoint")
-    parser.add_argument("--checkpoint", type=Path, help="a pipeline directory (save_pipeline) or a UNet file with --codec")
-    parser.add_argument("--codec", type=Path)
-    parser.add_argument("--lr-size", default="64", help="LR size the package is compiled for: H or HxW (default 64)")
+    from rsd_deploy.cli.args import OneLineParser, UsageError, add_model_arguments, load_model, run_command
+
+    parser = OneLineParser(prog="python -m rsd_deploy.export.aoti", description=__doc__.split("\n\n")[0])
+    add_model_arguments(parser)
+    parser.add_argument("--lr-size", default="64", help="LR size the package is compiled for: H or HxW")
     parser.add_argument("--out", type=Path, required=True, help="the .pt2 package to write")
     parser.add_argument("--reference", nargs=2, type=Path, metavar=("IN_PNG", "OUT_PNG"), help="also write Python's result for IN_PNG")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (and of random weights with --preset)")
     args = parser.parse_args(argv)
-    from rsd_deploy.checkpoints import CheckpointError, build_pipeline, load_pipeline
 
-    try:
-        height, width = (int(v) for v in (args.lr_size.split("x") * 2)[:2])
-        pipe = load_pipeline(args.checkpoint, args.codec) if args.checkpoint else build_pipeline(args.preset)
-    except (CheckpointError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    package_pipeline(pipe, args.out, height, width)
-    if args.reference:
-        from PIL import Image
+    def run() -> int:
+        try:
+            height, width = (int(v) for v in (args.lr_size.split("x") * 2)[:2])
+        except ValueError:
+            raise UsageError(f"--lr-size: expected H or HxW, got {args.lr_size!r}") from None
+        lr = None
+        if args.reference:
+            lr = read_png(args.reference[0])
+            if tuple(lr.shape[-2:]) != (height, width):
+                raise UsageError(f"{args.reference[0]} is {lr.shape[-1]}x{lr.shape[-2]}, the package takes {width}x{height}")
+        pipe = load_model(args, seed=args.seed)
+        package_pipeline(pipe, args.out, height, width)
+        if lr is not None:
+            from PIL import Image
 
-        lr = read_png(args.reference[0])
-        if tuple(lr.shape[-2:]) != (height, width):
-            print(f"error: {args.reference[0]} is {lr.shape[-1]}x{lr.shape[-2]}, the package takes {width}x{height}", file=sys.stderr)
-            return 1
-        result = reference_upscale(describe_stages(pipe)["pipeline"].module(pipe), pipe, lr, args.seed)
-        with atomic_path(args.reference[1]) as tmp:
-            Image.fromarray(result).save(tmp)
-    return 0
+            result = reference_upscale(describe_stages(pipe)["pipeline"].module(pipe), pipe, lr, args.seed)
+            with atomic_path(args.reference[1]) as tmp:
+                Image.fromarray(result).save(tmp)
+        return 0
+
+    return run_command(parser.prog, run)
 
 
 if __name__ == "__main__":

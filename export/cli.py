@@ -1,9 +1,10 @@
-"""``rsd-export``: checkpoint -> ONNX graphs (fp32 / fp16 / INT8) -> TensorRT engines, each proven
+"""``rsd-export``: checkpoint -> ONNX graphs (fp32 / fp16 / INT8 / FP8) -> TensorRT engines, each proven
 against the PyTorch reference; writes ``report.json`` and ``report.md`` into ``--out``.
 
     rsd-export --precision fp16                      # embedded default model: encoder, generator, decoder
     rsd-export --precision fp16 --stages all         # ... plus the fused one-graph pipeline
     rsd-export --precision int8 --checkpoint rsd.pth --vae autoencoder_vq_f4.pth --calib-dir DIV2K
+    rsd-export --precision int8 --quality-budget-psnr 40   # the fewest layers in fp32 that keep 40 dB vs fp32
     rsd-export --engine tensorrt-rtx --compute-capability sm89,sm120   # TensorRT-RTX engines, no GPU needed
     rsd-export --preset tiny-rsd --stages generator --precision fp32 --engine none --out /tmp/x
 
@@ -17,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rsd_deploy.cli.args import HelpFormatter, add_model_arguments, load_model, parse_range, run_command
+from rsd_deploy.cli.args import OneLineParser, add_model_arguments, load_model, parse_range, run_command
 
 from . import tensorrt as trt_tools
 from .onnx_export import ATTENTION_MODES, EXPORTERS, ExportError
@@ -30,7 +31,7 @@ from .workflow import ExportOptions, OptionError, export_all
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rsd-export", description=__doc__, formatter_class=HelpFormatter)
+    parser = OneLineParser(prog="rsd-export", description=__doc__)
     parser.add_argument("--precision", choices=list(PRECISIONS), default="fp16",
                         help="graph precision: " + "; ".join(f"{p.name}: {p.summary}" for p in PRECISIONS.values()))
     add_model_arguments(parser)

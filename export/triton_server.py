@@ -9,7 +9,6 @@ container, run ``tritonserver --model-repository DIR`` instead (see the reposito
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
@@ -177,26 +176,31 @@ def _stop(process: subprocess.Popen, exit_timeout_s: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rsd_deploy.export.triton_server", description=__doc__.split("\n\n")[0])
+    from rsd_deploy.cli.args import OneLineParser, UsageError, run_command
+
+    parser = OneLineParser(prog="python -m rsd_deploy.export.triton_server", description=__doc__.split("\n\n")[0])
     parser.add_argument("repository", type=Path, help="a model repository written by rsd_deploy.export.triton_repo (python stage models)")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
+    parser.add_argument("--http-port", type=int, default=8000, help="HTTP port")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="gRPC port")
     args = parser.parse_args(argv)
-    if not args.repository.is_dir() or not any(args.repository.glob("*/config.pbtxt")):
-        print(f"error: {args.repository}: not a Triton model repository (no */config.pbtxt)", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        with triton_server(args.repository, args.host, args.http_port, args.grpc_port) as endpoints:
-            print(f"serving {args.repository}: http {endpoints.http}, grpc {endpoints.grpc} (Ctrl-C stops)", flush=True)
-            while True:
-                time.sleep(3600)
-    except KeyboardInterrupt:
-        return 0
-    except RuntimeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+
+    def serve() -> int:
+        if not args.repository.is_dir() or not any(args.repository.glob("*/config.pbtxt")):
+            raise UsageError(f"{args.repository}: not a Triton model repository (no */config.pbtxt)")
+        logging.basicConfig(level=logging.INFO, format="%(message)s")
+        try:
+            with triton_server(args.repository, args.host, args.http_port, args.grpc_port) as endpoints:
+                print(f"serving {args.repository}: http {endpoints.http}, grpc {endpoints.grpc} (Ctrl-C stops)", flush=True)
+                while True:
+                    time.sleep(3600)
+        except KeyboardInterrupt:
+            return 0
+        except RuntimeError as error:  # the server did not start: its log's end is in the message
+            print(f"{parser.prog}: error: {error}", file=sys.stderr)
+            return 1
+
+    return run_command(parser.prog, serve)
 
 
 if __name__ == "__main__":
