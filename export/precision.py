@@ -26,6 +26,7 @@ import io
 import logging
 import re
 import tempfile
+from typing import Iterator
 from collections import Counter
 from pathlib import Path
 
@@ -81,17 +82,40 @@ def codebook_search_nodes(model: onnx.ModelProto, depth: int = 4) -> list[str]:
     return sorted(found)
 
 
+class _Collected(logging.Handler):
+    """Keeps the distinct messages of the records it sees, in order."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = " ".join(record.getMessage().split())
+        if message not in self.messages:
+            self.messages.append(message)
+
+
 @contextlib.contextmanager
-def _quiet(logger_names=("modelopt", "modelopt.onnx", "modelopt.onnx.autocast", "modelopt.onnx.quantization")):
-    """ModelOpt logs every node at INFO; keep its warnings, drop the chatter."""
-    saved = {name: logging.getLogger(name).level for name in logger_names}
-    for name in logger_names:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    try:
-        yield
+def _converter_output() -> Iterator[list[str]]:
+    """ModelOpt logs every node at INFO, prints each warning twice (its own handler and the root
+    logger's), and its calibration draws a progress bar per graph pass; the converters it calls
+    warn through the root logger. Inside the block all of that is collected instead: the list
+    yielded gets each distinct warning once, for the summary."""
+    collected = _Collected()
+    loggers = [logging.getLogger(), logging.getLogger("modelopt")]
+    saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
+    for logger in loggers:
+        logger.handlers[:] = [collected]
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+    try:  # progress bars go to stderr, prints to stdout: neither reaches the console
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield collected.messages
     finally:
-        for name, level in saved.items():
-            logging.getLogger(name).setLevel(level)
+        for logger, handlers, level, propagate in saved:
+            logger.handlers[:] = handlers
+            logger.setLevel(level)
+            logger.propagate = propagate
 
 
 def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: dict[str, np.ndarray]) -> dict:
@@ -103,7 +127,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: dict[
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     source = onnx.load(str(fp32_path))
     keep_nodes = [*FP32_NODE_PATTERNS, *(re.escape(n) for n in codebook_search_nodes(source))]
-    with tempfile.TemporaryDirectory() as scratch, _quiet():
+    with tempfile.TemporaryDirectory() as scratch, _converter_output() as warnings:
         data = Path(scratch) / "calibration.npz"
         np.savez(data, **calibration)
         model = convert_to_mixed_precision(
@@ -114,7 +138,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: dict[
             keep_io_types=True,
             calibration_data=str(data),
         )
-    summary = fp16_summary(model)
+    summary = {**fp16_summary(model), "converter_warnings": warnings}
     _drop_intermediate_shapes(model)
     canonical_order(model)
     set_metadata(model, **{**read_metadata(source), "precision": "fp16"})
@@ -208,7 +232,7 @@ def quantize_qdq(
     source = onnx.load(str(fp32_path))
     codebook = codebook_search_nodes(source)
     exclude = [*INT8_EXCLUDED_PATTERNS, *(re.escape(n) for n in codebook)]
-    with tempfile.TemporaryDirectory() as scratch, _quiet(), contextlib.redirect_stdout(io.StringIO()):
+    with tempfile.TemporaryDirectory() as scratch, _converter_output() as warnings:
         quantized = Path(scratch) / f"model.{mode}.onnx"
         quantize(
             str(fp32_path),
@@ -227,7 +251,7 @@ def quantize_qdq(
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))
         onnx.checker.check_model(str(tmp))
-    return qdq_summary(model)
+    return {**qdq_summary(model), "converter_warnings": warnings}
 
 
 def qdq_summary(model: onnx.ModelProto) -> dict:

@@ -289,7 +289,9 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
             arrays = {k: v.numpy() for k, v in cal_inputs[name].items()}
             details, seconds_of[name] = timed(f"{name}: {precision.summary}, {len(cal_set.names)} calibration crops", precision.convert,
                                               fp32_paths[name], path, arrays, options)
-            log(f"  {details}")
+            log("  " + ", ".join(f"{k}: {v}" for k, v in details.items() if k != "converter_warnings"))
+            for warning in details["converter_warnings"]:
+                log(f"  ModelOpt: {warning[:160]}")
             report.precision_details[name] = details
             graphs[name] = path
         if options.quality_budget_psnr is not None:
