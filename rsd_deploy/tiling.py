@@ -419,10 +419,10 @@ class TileScheduler:
                 if lr.ndim != 3 or lr.shape[0] != 3:
                     raise ValueError(f"expected an RGB image (3, h, w), got {tuple(lr.shape)}")
                 image.plan = plan_tiles(lr.shape[1], lr.shape[2], self.options, self.model.scale)
-                canvas = chain.to_model_range(lr[None].float())
-                if canvas.shape[-2:] != image.plan.canvas:
+                canvas = lr[None].float()
+                if canvas.shape[-2:] != image.plan.canvas:  # padding first: one full-size copy fewer at once
                     canvas = chain.pad_to(canvas, *image.plan.canvas)
-                canvas = canvas[0]
+                canvas = chain.to_model_range(canvas)[0]
                 del lr
             except Exception as error:  # this image fails, the run goes on
                 image.error = error

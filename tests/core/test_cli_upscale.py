@@ -213,4 +213,4 @@ def test_a_4000x3000_image_streams_in_bounded_memory(tmp_path):
     with Image.open(tmp_path / "out" / "big_x4.png") as image:
         assert image.size == (16000, 12000)
     peak_gib = int(run.stdout.split("peak KiB")[-1]) / 2**20
-    assert peak_gib < 2.0, run.stdout  # measured: see README (rsd-upscale: Size)
+    assert peak_gib < 2.5, run.stdout  # the whole output as float32 would be 2.1 GiB more than PyTorch and the model (0.7 GiB)
