@@ -3,10 +3,11 @@
 Two named starting points: ``rsd-official`` (the RSD release: ``configs/RSD.yaml`` and
 ``trainer.py`` of Daniil-Selikhanovych/RSD, the real-world x4 UNet in the VQ-f4 latent space;
 for the teacher stage ResShift's ``realsr_swinunet_realesrgan256.yaml``) and ``demo`` (the same
-recipe on a small pixel-space model that trains on one CPU core, used by ``proof.py``). A
-YAML/JSON file then overrides any field, e.g. ``{"optim": {"lr": 1e-5}, "objective": {"method":
-"tsdsr"}}``; ``model.unet`` and ``model.schedule`` entries are merged into the base's. Every value
-is checked (type, range, UNet keys, crop size against the UNet) before any model is built.
+recipe on the ``demo-teacher`` preset's small pixel-space model, which trains on one CPU core, used
+by ``proof.py``). A YAML/JSON file then overrides any field, e.g. ``{"optim": {"lr": 1e-5},
+"objective": {"method": "tsdsr"}}``; ``model.unet`` and ``model.schedule`` entries are merged into
+the base's. Every value is checked (type, range, UNet keys, crop size against the UNet) before any
+model is built.
 """
 
 from __future__ import annotations
@@ -20,25 +21,19 @@ from pathlib import Path
 
 import yaml
 
+from rsd_deploy.models.autoencoder import codec_kind
 from rsd_deploy.models.unet import UNetModelSwin
-from rsd_deploy.presets import REALSR_X4_UNET, TINY_UNET
+from rsd_deploy.presets import PRESETS, REALSR_X4_UNET
 from rsd_deploy.schedule import ResShiftSchedule
 
-# scikit-image photos for the CPU-scale runs. HELD_OUT_PHOTOS never appear in training (the proof
-# reports on them, and the demo's settings were chosen on them); UNSEEN_PHOTOS are used by nothing
-# but the final check of the bundled demo (distill/unseen.py).
+# Bundled photos (rsd_deploy.photos) for the CPU-scale runs. HELD_OUT_PHOTOS never appear in training
+# (the proof reports on them, and the demo's settings were chosen on them); UNSEEN_PHOTOS are used by
+# nothing but the proof's final whole-photo check of the demo student.
 # (`cat` is `chelsea` again and the right motorcycle view nearly equals the left: both excluded.)
 TRAIN_PHOTOS = ["astronaut", "immunohistochemistry", "hubble_deep_field", "stereo_motorcycle", "retina",
                 "brick", "grass", "gravel", "moon", "coins", "clock", "colorwheel"]
 HELD_OUT_PHOTOS = ["chelsea", "coffee", "rocket"]
 UNSEEN_PHOTOS = ["camera", "grace_hopper"]
-
-# The demo denoiser: UNetModelSwin on the 48-channel pixel-unshuffle latent, two levels, Swin at both,
-# width 64 (3.2M parameters; width 32 trailed bicubic, docs/distill.md). 8 norm groups: with the
-# official 32 groups every GroupNorm at width 32 is a per-channel instance norm, and the output head
-# (GroupNorm -> SiLU -> conv) cannot pass a per-image colour to the output (on the held-out crops the
-# 1-step teacher stayed at 16-17 dB; docs/distill.md).
-DEMO_UNET = {**TINY_UNET, "in_channels": 48, "out_channels": 48, "model_channels": 64, "swin_embed_dim": 64, "norm_groups": 8}
 
 UNET_KEYS = frozenset(name for name, p in inspect.signature(UNetModelSwin.__init__).parameters.items()
                       if name != "self" and p.kind is not inspect.Parameter.VAR_KEYWORD)
@@ -48,7 +43,7 @@ SCHEDULE_KEYS = frozenset(f.name for f in fields(ResShiftSchedule))
 @dataclass
 class DataConfig:
     hr_dirs: list[str] = field(default_factory=list)  # HR image folders (recursive); empty: `photos`
-    photos: list[str] = field(default_factory=lambda: list(TRAIN_PHOTOS))  # skimage.data names
+    photos: list[str] = field(default_factory=lambda: list(TRAIN_PHOTOS))  # rsd_deploy.photos names
     val_dirs: list[str] = field(default_factory=list)
     val_photos: list[str] = field(default_factory=lambda: list(HELD_OUT_PHOTOS))
     crop: int = 256  # HR crop (gt_size); crop / 4 is the latent size, which the UNet's windows must tile
@@ -155,8 +150,8 @@ def demo_config(stage: str = "student") -> TrainConfig:
     crops (16 px LR) of bicubic pairs, one thread. Each difference from rsd-official is a scale
     choice, listed with its reason in docs/distill.md."""
     config = TrainConfig(stage=stage)
-    config.model.codec = {"kind": "pixel_unshuffle", "factor": 4}
-    config.model.unet = dict(DEMO_UNET)
+    demo = PRESETS["demo-teacher"]  # the student adds its noise-map channel to the teacher's (demo-rsd)
+    config.model.codec, config.model.unet = dict(demo.codec), dict(demo.unet)
     data = config.data
     data.crop, data.val_crop = 64, 256
     data.degradation = "bicubic"  # the demo is measured against bicubic on bicubic-downsampled photos
@@ -281,7 +276,7 @@ def build_config(base: str = "demo", stage: str = "student", path: str | Path | 
 
 
 def codec_latent_channels(codec: dict) -> int:
-    if codec.get("kind") == "pixel_unshuffle":
+    if codec_kind(codec) == "pixel_unshuffle":
         return 3 * 4**2
     return int(codec.get("vq_embed_dim", codec.get("latent_channels", 3)))
 

@@ -16,36 +16,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from rsd_deploy import imageio
+from rsd_deploy import imageio, photos
+from rsd_deploy.degradation import bicubic_degrade
 
-from .degradations import RealESRGANConfig, bicubic_degrade, realesrgan_degrade
-
-def _rgb(array: np.ndarray) -> np.ndarray:
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    if array.ndim == 2:
-        array = np.repeat(array[..., None], 3, axis=2)
-    return np.ascontiguousarray(array[..., :3])
-
-
-# The one real photograph in matplotlib's sample data (a dependency): a photo beyond scikit-image's.
-MATPLOTLIB_PHOTOS = {"grace_hopper": "grace_hopper.jpg"}
-
-
-def skimage_photo(name: str) -> np.ndarray:
-    """A photo bundled with scikit-image (``skimage.data.<name>``), or with matplotlib
-    (``grace_hopper``), as HxWx3 uint8 (grey ones repeated, alpha dropped)."""
-    if name in MATPLOTLIB_PHOTOS:
-        import matplotlib.cbook
-
-        return read_image(Path(matplotlib.cbook.get_sample_data(MATPLOTLIB_PHOTOS[name], asfileobj=False)))
-    from skimage import data
-
-    loader = getattr(data, name, None)
-    if loader is None:
-        raise ValueError(f"skimage.data has no image {name!r}")
-    image = loader()
-    return _rgb(image[0] if isinstance(image, tuple) else image)
+from .degradations import RealESRGANConfig, realesrgan_degrade
 
 
 def list_images(folders: list[str]) -> list[Path]:
@@ -62,10 +36,7 @@ def list_images(folders: list[str]) -> list[Path]:
 
 def read_image(source: Path | np.ndarray) -> np.ndarray:
     """HxWx3 uint8 from an image file (or an array, returned as is)."""
-    if isinstance(source, np.ndarray):
-        return source
-    rgb = imageio.read_image(source).rgb  # 16-bit and grey files too; ImageError is a ValueError
-    return (rgb * 255).round().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+    return source if isinstance(source, np.ndarray) else photos.read_uint8(source)
 
 
 class HRCrops(Dataset):
@@ -178,6 +149,6 @@ def validation_pairs(sources: list[Path | np.ndarray], crop: int, per_image: int
     return hr, make_lr(hr, degradation, seed)
 
 
-def load_sources(folders: list[str], photos: list[str]) -> list[Path | np.ndarray]:
-    """Image files from folders when given, else the named scikit-image photos."""
-    return list_images(folders) if folders else [skimage_photo(name) for name in photos]
+def load_sources(folders: list[str], names: list[str]) -> list[Path | np.ndarray]:
+    """Image files from folders when given, else the named bundled photos (:mod:`rsd_deploy.photos`)."""
+    return list_images(folders) if folders else [photos.photo_array(name) for name in names]

@@ -1,4 +1,5 @@
-"""LR synthesis: the Real-ESRGAN second-order degradation and plain bicubic x4, batched in torch.
+"""LR synthesis for real-world training: the Real-ESRGAN second-order degradation, batched in torch
+(plain bicubic x4 is :func:`rsd_deploy.degradation.bicubic_degrade`).
 
 The Real-ESRGAN model (Wang et al. 2021) as ResShift, SinSR and RSD train with it (ResShift's
 ``realsr_swinunet_realesrgan256.yaml`` and ``TrainerDifIR.prepare_data``): blur, resize, noise,
@@ -231,12 +232,3 @@ def realesrgan_degrade(hr: torch.Tensor, seed: int, config: RealESRGANConfig = R
         x = _filter(_random_resize(_jpeg(x, config.final_jpeg_range, rng), lr_size, rng), sinc)
     return (x.clamp(0, 1) * 255).round() / 255
 
-
-@torch.no_grad()
-def bicubic_degrade(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
-    """Plain bicubic x``scale`` downsampling (antialiased, as MATLAB's imresize), 8-bit quantised."""
-    h, w = hr.shape[-2:]
-    if h % scale or w % scale:
-        raise ValueError(f"bicubic_degrade: HR size {h}x{w} is not a multiple of the scale {scale}")
-    lr = F.interpolate(hr.float(), size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False)
-    return (lr.clamp(0, 1) * 255).round() / 255

@@ -18,12 +18,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from rsd_deploy.metrics import LPIPS
 from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.schedule import ResShiftSchedule
 
 from .config import ObjectiveConfig
 from .discriminator import FakeScoreWithHead, TimeAwareDiscriminator
-from .losses import LPIPSLoss
 
 
 @dataclass
@@ -122,7 +122,7 @@ def _nonsaturating(logits: torch.Tensor, real: bool) -> torch.Tensor:
 class DistillationObjective:
     """Shared machinery of the one-step students: the multistep input chain, LPIPS, the fake model."""
 
-    def __init__(self, teacher: UNetModelSwin, schedule: ResShiftSchedule, codec: nn.Module, lpips: LPIPSLoss | None, config: ObjectiveConfig):
+    def __init__(self, teacher: UNetModelSwin, schedule: ResShiftSchedule, codec: nn.Module, lpips: LPIPS | None, config: ObjectiveConfig):
         self.schedule = schedule
         self.codec = codec
         self.lpips = lpips

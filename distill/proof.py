@@ -30,14 +30,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rsd_deploy import photos
 from rsd_deploy.atomic import atomic_path
 from rsd_deploy.checkpoints import BUNDLED_DIR, DEMO_NAME, load_pipeline, save_pipeline
+from rsd_deploy.degradation import bicubic_degrade
+from rsd_deploy.metrics import EVAL_BACKBONE_SEED, LPIPS, image_metrics
 
 from .config import UNSEEN_PHOTOS, build_config
-from .data import skimage_photo, validation_pairs
-from .degradations import bicubic_degrade
-from .losses import EVAL_BACKBONE_SEED, LPIPSLoss
-from .metrics import image_metrics
+from .data import validation_pairs
 from .trainer import Trainer
 
 log = logging.getLogger("rsd_deploy.distill")
@@ -67,10 +67,10 @@ def bicubic_upscale(lr: torch.Tensor) -> torch.Tensor:
 def evaluate(teacher_dir: Path, student_dir: Path, seeds: list[int], crop: int, per_image: int) -> dict:
     base = build_config("demo", "student")
     degradation = base.data.degradation
-    sources = [skimage_photo(name) for name in base.data.val_photos]
+    sources = [photos.photo_array(name) for name in base.data.val_photos]
     hr, lr = validation_pairs(sources, crop, per_image, degradation)
     teacher, student = load_pipeline(teacher_dir), load_pipeline(student_dir)
-    lpips = LPIPSLoss("auto", seed=EVAL_BACKBONE_SEED)  # not the backbone the student was trained against
+    lpips = LPIPS("auto", seed=EVAL_BACKBONE_SEED)  # not the backbone the student was trained against
     runs = {
         "bicubic": lambda seed: bicubic_upscale(lr),
         "teacher, 1 step": lambda seed: teacher(lr, steps=1, seed=seed),
@@ -84,18 +84,18 @@ def evaluate(teacher_dir: Path, student_dir: Path, seeds: list[int], crop: int, 
         rows[name] = {k: float(np.mean([v[k] for v in values])) for k in values[0]}
         rows[name]["seconds"] = (time.time() - started) / len(values)
         log.info("%-22s %s", name, "  ".join(f"{k} {v:.4f}" for k, v in rows[name].items()))
-    photos = photo_table(student, base.data.val_photos + UNSEEN_PHOTOS, lpips, seed=seeds[0])
+    whole = photo_table(student, base.data.val_photos + UNSEEN_PHOTOS, lpips, seed=seeds[0])
     return {"rows": rows, "crops": len(hr), "crop_hr": crop, "photos": base.data.val_photos, "seeds": seeds,
-            "degradation": degradation, "lpips": lpips.kind, "unseen": UNSEEN_PHOTOS, "photo_rows": photos,
-            "verdict": verdict(rows, teacher.schedule.steps, photos)}
+            "degradation": degradation, "lpips": lpips.kind, "unseen": UNSEEN_PHOTOS, "photo_rows": whole,
+            "verdict": verdict(rows, teacher.schedule.steps, whole)}
 
 
-def photo_table(student, names: list[str], lpips: LPIPSLoss, seed: int = 0) -> dict:
+def photo_table(student, names: list[str], lpips: LPIPS, seed: int = 0) -> dict:
     """Bicubic and the student on each whole photo (cropped to a multiple of 4), 8-bit bicubic x4 LR,
     as a user's first ``rsd-upscale`` run of the photo's downscaled copy would see it."""
     table = {}
     for name in names:
-        photo = torch.from_numpy(skimage_photo(name)).permute(2, 0, 1).float()[None] / 255
+        photo = photos.photo(name)[None]
         hr = photo[..., : photo.shape[-2] // 4 * 4, : photo.shape[-1] // 4 * 4]
         lr = bicubic_degrade(hr)
         table[name] = {"size": f"{hr.shape[-1]}x{hr.shape[-2]}", "bicubic": image_metrics(bicubic_upscale(lr), hr, lpips),
@@ -105,7 +105,7 @@ def photo_table(student, names: list[str], lpips: LPIPSLoss, seed: int = 0) -> d
     return table
 
 
-def verdict(rows: dict, teacher_steps: int, photos: dict) -> dict:
+def verdict(rows: dict, teacher_steps: int, photo_rows: dict) -> dict:
     """The issue's claim, in the paper's sense: the one-step student beats the one-step teacher in
     perceptual quality (LPIPS), and comes within 0.5 dB PSNR of the T-step one with a better LPIPS;
     and, as the embedded default, it beats bicubic in PSNR and LPIPS on every held-out and unseen
@@ -116,7 +116,7 @@ def verdict(rows: dict, teacher_steps: int, photos: dict) -> dict:
         f"student PSNR >= teacher {teacher_steps}-step PSNR - 0.5 dB": student["psnr"] >= full["psnr"] - 0.5,
         f"student LPIPS < teacher {teacher_steps}-step LPIPS": student["lpips"] < full["lpips"],
     }
-    for name, row in photos.items():
+    for name, row in photo_rows.items():
         claim[f"{name}: student PSNR > bicubic PSNR"] = row["student"]["psnr"] > row["bicubic"]["psnr"]
         claim[f"{name}: student LPIPS < bicubic LPIPS"] = row["student"]["lpips"] < row["bicubic"]["lpips"]
     also = {

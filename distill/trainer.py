@@ -34,15 +34,14 @@ from torch.utils.data import DataLoader
 from rsd_deploy.atomic import atomic_path
 from rsd_deploy.checkpoints import (CheckpointError, load_checkpoint_file, load_codec, load_pipeline, load_unet, read_state_dict,
                                     read_training_checkpoint, save_pipeline, split_unet)
-from rsd_deploy.models.autoencoder import build_codec
+from rsd_deploy.metrics import LPIPS, image_metrics
+from rsd_deploy.models.autoencoder import build_codec, codec_kind
 from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.schedule import ResShiftSchedule
 
 from .config import TrainConfig, check_unet
 from .data import HRCrops, StepSampler, load_sources, make_lr, step_seed, validation_pairs
-from .losses import LPIPSLoss
-from .metrics import image_metrics
 from .objectives import OBJECTIVES, Batch, TeacherObjective, encode_batch
 
 log = logging.getLogger("rsd_deploy.distill")
@@ -167,7 +166,7 @@ class Trainer:
         self.codec, self.schedule, teacher = self._build_models()
         self.codec.to(self.device).eval().requires_grad_(False)
         need_lpips = config.stage == "student" and config.objective.lpips_weight > 0
-        self.lpips = LPIPSLoss(config.objective.lpips_backbone).to(self.device)
+        self.lpips = LPIPS(config.objective.lpips_backbone).to(self.device)
         self.objective = self._build_objective(teacher, self.lpips if need_lpips else None)
         for net in self.objective.networks.values():
             net.to(self.device)
@@ -205,13 +204,13 @@ class Trainer:
 
     def _codec(self) -> nn.Module:
         cfg = self.config.model
-        if cfg.codec.get("kind") == "pixel_unshuffle":
+        if codec_kind(cfg.codec) == "pixel_unshuffle":
             return build_codec(cfg.codec)
         if not cfg.codec_checkpoint:
             raise ValueError("config.model.codec_checkpoint: a VQ-f4 autoencoder checkpoint (autoencoder_vq_f4.pth) is required")
         return load_codec(cfg.codec_checkpoint, cfg.codec or None)
 
-    def _build_objective(self, teacher: UNetModelSwin, lpips: LPIPSLoss | None):
+    def _build_objective(self, teacher: UNetModelSwin, lpips: LPIPS | None):
         teacher.set_attention_backend(self.config.run.attention)
         if self.config.stage == "teacher":
             return TeacherObjective(teacher.train(), self.schedule)

@@ -4,8 +4,9 @@ A DIV2K folder holds ``DIV2K_train_HR/*.png`` and/or ``DIV2K_valid_HR/*.png`` (H
 optionally with the official bicubic LR files ``DIV2K_train_LR_bicubic/X4/0001x4.png``. From it
 :func:`load_div2k` makes ``count`` (HR crop, LR crop) pairs: random crops (seeded) or centre
 crops of ``crop`` HR pixels; the LR crop is the matching window of the official X4 file when it
-exists, else the HR crop downscaled x4 by bicubic (antialiased, as MATLAB's ``imresize``).
-With no folder, :func:`bundled_photos` uses the real photographs shipped with scikit-image.
+exists, else the HR crop downscaled x4 by :func:`rsd_deploy.degradation.bicubic_degrade`.
+With no folder, :func:`bundled_photos` uses the real photographs shipped with scikit-image
+(:mod:`rsd_deploy.photos`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rsd_deploy import imageio
-from rsd_deploy.distill.data import skimage_photo
-from rsd_deploy.distill.degradations import bicubic_degrade
+from rsd_deploy import imageio, photos
+from rsd_deploy.degradation import bicubic_degrade
 
 SCALE = 4
 HR_DIRS = ("DIV2K_train_HR", "DIV2K_valid_HR")
-BUNDLED_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "hubble_deep_field", "coins", "camera")
 
 
 @dataclass
@@ -51,18 +50,11 @@ def _read(path: Path) -> torch.Tensor:
     return imageio.read_image(path).rgb  # (3, H, W) in [0, 1]; grey, 16-bit and bad files handled there
 
 
-def _photo(name: str) -> torch.Tensor:
-    return torch.from_numpy(skimage_photo(name)).permute(2, 0, 1).float() / 255
-
-
 def _crop_boxes(height: int, width: int, crop: int, per_image: int, rng: np.random.Generator | None) -> list[tuple[int, int]]:
     """Top-left corners (multiples of the scale) of HR crops: random, or one centred."""
     if rng is None:
-        return [((height - crop) // 2 // SCALE * SCALE, (width - crop) // 2 // SCALE * SCALE)]
-    return [
-        (int(rng.integers(0, (height - crop) // SCALE + 1)) * SCALE, int(rng.integers(0, (width - crop) // SCALE + 1)) * SCALE)
-        for _ in range(per_image)
-    ]
+        return [photos.centre_box(height, width, crop, SCALE)]
+    return [photos.random_box(height, width, crop, rng, SCALE) for _ in range(per_image)]
 
 
 def _official_lr(hr_path: Path) -> Path | None:
@@ -119,12 +111,12 @@ def bundled_photos(count: int = 8, crop: int = 256, seed: int = 0) -> Calibratio
     if crop <= 0 or crop % (SCALE * 64):
         raise ValueError(f"crop must be a positive multiple of {SCALE * 64} HR pixels, got {crop}")
     rng = np.random.default_rng(seed)
-    photos = [(name, _photo(name)) for name in BUNDLED_PHOTOS]
-    photos = [(name, image) for name, image in photos if min(image.shape[-2:]) >= crop]
+    loaded = [(name, photos.photo(name)) for name in photos.PHOTOS]
+    usable = [(name, image) for name, image in loaded if min(image.shape[-2:]) >= crop]
     hr_crops, names = [], []
     for index in range(count):
-        name, image = photos[index % len(photos)]
-        (top, left), = _crop_boxes(*image.shape[-2:], crop, 1, rng)
+        name, image = usable[index % len(usable)]
+        top, left = photos.random_box(*image.shape[-2:], crop, rng, SCALE)
         hr_crops.append(image[:, top : top + crop, left : left + crop])
         names.append(f"skimage.data.{name}()@{top},{left}")
     hr = torch.stack(hr_crops)

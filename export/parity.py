@@ -1,11 +1,9 @@
-"""How close an exported graph is to PyTorch: relative L2 per stage, PSNR / LPIPS of HR images.
+"""How close an exported graph is to PyTorch: relative L2 per stage, and whole HR images.
 
 - :func:`stage_parity`: ONNX Runtime vs the stage's torch module on the same inputs.
 - :func:`upscale_onnx`: the one-step SR through exported graphs (the fused ``pipeline`` graph, or
-  encoder -> generator -> decoder chained on the host), to compare whole HR images.
-- :func:`psnr` and :func:`lpips_distance` (with :class:`~rsd_deploy.distill.losses.LPIPSLoss`,
-  which falls back to a seeded random AlexNet backbone when torchvision's ImageNet weights are not
-  cached, and says so in its ``kind``).
+  encoder -> generator -> decoder chained on the host), to compare whole HR images (with
+  :mod:`rsd_deploy.metrics`: PSNR, LPIPS).
 """
 
 from __future__ import annotations
@@ -17,7 +15,8 @@ import numpy as np
 import torch
 
 from rsd_deploy import chain
-from rsd_deploy.distill.losses import LPIPSLoss
+# re-exported only until export/quality_budget.py, bench_measure.py and their tests import rsd_deploy.metrics
+from rsd_deploy.metrics import lpips_distance, psnr  # noqa: F401
 from rsd_deploy.pipeline import SRPipeline
 
 from .runners.onnxruntime_runner import onnxruntime_session
@@ -32,12 +31,6 @@ def run_onnx(path: str | Path, feeds: dict[str, torch.Tensor | np.ndarray]) -> l
 def relative_l2(actual: np.ndarray, expected: np.ndarray) -> float:
     expected = np.asarray(expected, dtype=np.float64)
     return float(np.linalg.norm(np.asarray(actual, dtype=np.float64) - expected) / max(np.linalg.norm(expected), 1e-12))
-
-
-def psnr(actual: torch.Tensor | np.ndarray, expected: torch.Tensor | np.ndarray) -> float:
-    """PSNR in dB of images in [0, 1] (over the whole batch); inf when identical."""
-    mse = float(np.mean((np.asarray(actual, dtype=np.float64) - np.asarray(expected, dtype=np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(1.0 / mse)
 
 
 @torch.no_grad()
@@ -70,9 +63,3 @@ def upscale_onnx(
         return torch.from_numpy(run_onnx(graphs[name], feeds)[0])
 
     return chain.upscale(stage, lr.float(), eps, noise_map, pipe.schedule.prior_scale, pipe.codec.scale)
-
-
-@torch.no_grad()
-def lpips_distance(metric: LPIPSLoss, actual: torch.Tensor, expected: torch.Tensor) -> float:
-    """Mean LPIPS between image batches in [0, 1]; ``metric.kind`` says which LPIPS it is."""
-    return float(metric(actual * 2 - 1, expected * 2 - 1).mean())

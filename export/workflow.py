@@ -26,14 +26,14 @@ from typing import Callable
 import torch
 
 from rsd_deploy.atomic import atomic_path
-from rsd_deploy.distill.losses import LPIPSLoss
 from rsd_deploy.environment import versions
+from rsd_deploy.metrics import LPIPS, lpips_distance, psnr
 from rsd_deploy.pipeline import SRPipeline
 
 from . import calibration as calib
 from . import tensorrt as trt_tools
 from .onnx_export import ATTENTION_MODES, EXPORTERS, export_stage, graph_signature, read_metadata, set_metadata
-from .parity import lpips_distance, psnr, run_onnx, stage_parity, upscale_onnx
+from .parity import run_onnx, stage_parity, upscale_onnx
 from .runners.onnxruntime_runner import default_providers
 from .precision import CALIBRATION_METHODS
 from .precisions import PRECISIONS
@@ -373,7 +373,7 @@ def _quality(pipe: SRPipeline, stages, graphs: dict[str, Path], held_out: calib.
     fused = inputs[FUSED]
     with torch.no_grad():
         reference = describe_stages(pipe)[FUSED].module(pipe)(*fused.values())
-    lpips = LPIPSLoss("auto")
+    lpips = LPIPS("auto")
     lpips_fp32_to_hr = lpips_distance(lpips, reference, held_out.hr)
     rows, notes = [], []
     candidates = []  # (label, the graphs' HR images, the fp32 PyTorch reference of the same)

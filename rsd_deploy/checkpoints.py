@@ -1,14 +1,14 @@
 """Loading and saving weights: the official ``.pth`` files in, safetensors + JSON config out.
 
-One obvious way in: :func:`load_unet`, :func:`load_codec` (alias :func:`load_vae`) and
-:func:`load_pipeline`. Outside checkpoints are untrusted (``weights_only=True``); ours are
-safetensors with a JSON config beside them (``name.safetensors`` + ``name.json``).
+One obvious way in: :func:`load_unet`, :func:`load_codec` and :func:`load_pipeline`. Outside
+checkpoints are untrusted (``weights_only=True``); ours are safetensors with a JSON config beside
+them (``name.safetensors`` + ``name.json``). A layout's config is inferred beside its model
+(:mod:`rsd_deploy.models.unet_layout`, :func:`rsd_deploy.models.autoencoder.infer_vq_config`).
 """
 
 from __future__ import annotations
 
 import json
-import math
 import re
 import warnings
 from dataclasses import asdict
@@ -21,14 +21,15 @@ from safetensors.torch import load_file, save_file
 
 from .atomic import atomic_path
 from .errors import one_line
-from .models.autoencoder import VQ_F4_CONFIG, VQAutoencoder, build_codec, convert_ldm_vq_state_dict, is_ldm_vq_state_dict
+from .models.autoencoder import VQAutoencoder, build_codec, codec_kind, diffusers_vq_state_dict, infer_vq_config
 from .models.unet import UNetModelSwin
+from .models.unet_layout import infer_unet_config
 from .pipeline import SRPipeline
-from .presets import PRESETS, REALSR_X4_UNET
+from .presets import PRESETS
 from .schedule import TEACHER_4, TEACHER_15, ResShiftSchedule
 
 BUNDLED_DIR = Path(__file__).parent / "weights"
-DEMO_NAME = "demo-rsd"  # a small RSD student trained by distill/proof.py, see docs/distill.md
+DEMO_NAME = "demo-rsd"  # the demo-rsd preset's architecture, trained by distill/proof.py (docs/distill.md)
 
 _WRAPPER_KEYS = ("state_dict", "model", "ema", "ema_model", "params_ema", "module")
 _PREFIXES = ("module.", "_orig_mod.")
@@ -200,62 +201,6 @@ def read_official_yaml(path: str | Path) -> tuple[dict, ResShiftSchedule | None,
     return params, schedule, noise
 
 
-def infer_unet_config(state: dict[str, torch.Tensor]) -> dict:
-    """The UNetModelSwin config that produces this state dict's layout."""
-    def shape(key: str) -> tuple[int, ...]:
-        return tuple(state[key].shape)
-
-    if "input_blocks.0.0.weight" not in state or "out.2.weight" not in state:
-        raise KeyError("input_blocks.0.0.weight / out.2.weight")
-    model_channels, first_in = shape("input_blocks.0.0.weight")[:2]
-    out_channels = shape("out.2.weight")[0]
-    levels: list[list[int]] = [[]]
-    swin_levels: set[int] = set()
-    index = 1
-    while f"input_blocks.{index}.0.op.weight" in state or f"input_blocks.{index}.0.in_layers.2.weight" in state:
-        if f"input_blocks.{index}.0.op.weight" in state:
-            levels.append([])
-        else:
-            levels[-1].append(shape(f"input_blocks.{index}.0.in_layers.2.weight")[0])
-            if f"input_blocks.{index}.1.patch_embed.proj.weight" in state:
-                swin_levels.add(len(levels) - 1)
-        index += 1
-    swin = "middle_block.1."
-    embed_dim = shape(swin + "patch_embed.proj.weight")[0]
-    table_rows, heads = shape(swin + "blocks.0.attn.relative_position_bias_table")
-    window = (math.isqrt(table_rows) + 1) // 2
-    depth = len({k.split(".")[3] for k in state if k.startswith(swin + "blocks.")})
-    image_size = 64
-    for key in state:
-        if key.startswith("input_blocks.") and key.endswith(".attn_mask"):
-            block = int(key.split(".")[1])
-            level = sum(1 for i in range(1, block) if f"input_blocks.{i}.0.op.weight" in state)
-            grid = math.isqrt(state[key].shape[0]) * window
-            image_size = grid * 2**level
-            break
-    in_channels = out_channels
-    emb_out = shape("input_blocks.1.0.emb_layers.1.weight")[0]
-    return {
-        **REALSR_X4_UNET,
-        "image_size": image_size,
-        "lq_size": image_size,
-        "in_channels": in_channels,
-        "model_channels": model_channels,
-        "out_channels": out_channels,
-        "channel_mult": [level[0] // model_channels for level in levels],
-        "num_res_blocks": [len(level) for level in levels],
-        "attention_resolutions": [image_size // 2**level for level in sorted(swin_levels)],
-        "use_scale_shift_norm": emb_out == 2 * levels[0][0],
-        "swin_depth": depth,
-        "swin_embed_dim": embed_dim,
-        "num_head_channels": embed_dim // heads,
-        "window_size": window,
-        "mlp_ratio": shape(swin + "blocks.0.mlp.fc1.weight")[0] / embed_dim,
-        "patch_norm": swin + "patch_embed.norm.weight" in state,
-        "noise_channels": first_in - in_channels - 3,
-    }
-
-
 def _load_strict(module: nn.Module, state: dict, path: Path, what: str) -> None:
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
@@ -307,24 +252,6 @@ def load_unet(path: str | Path, config: dict | str | Path | None = None) -> UNet
     return model.eval()
 
 
-def infer_vq_config(state: dict[str, torch.Tensor]) -> dict:
-    """VQModel config of a diffusers-layout VQ state dict."""
-    levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down_blocks.")})
-    channels = [state[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)]
-    per_block = len({k.split(".")[4] for k in state if k.startswith("encoder.down_blocks.0.resnets.")})
-    codes, dim = state["quantize.embedding.weight"].shape
-    return {
-        **VQ_F4_CONFIG,
-        "down_block_types": ["DownEncoderBlock2D"] * levels,
-        "up_block_types": ["UpDecoderBlock2D"] * levels,
-        "block_out_channels": channels,
-        "layers_per_block": per_block,
-        "latent_channels": state["encoder.conv_out.weight"].shape[0],
-        "num_vq_embeddings": codes,
-        "vq_embed_dim": dim,
-    }
-
-
 def load_codec(path: str | Path, config: dict | None = None) -> nn.Module:
     """The latent codec of a checkpoint: the official ``autoencoder_vq_f4.pth`` (LDM layout,
     converted), a diffusers ``VQModel`` state dict, or our safetensors + JSON."""
@@ -332,12 +259,9 @@ def load_codec(path: str | Path, config: dict | None = None) -> nn.Module:
     if config is None and path.suffix == ".safetensors":
         saved = _read_config(path)
         config = saved["config"] if saved else None
-    if config is not None and config.get("kind") == "pixel_unshuffle":
+    if codec_kind(config) == "pixel_unshuffle":
         return build_codec(config)  # parameter-free: its safetensors file holds no tensors
-    state = read_state_dict(path)
-    if is_ldm_vq_state_dict(state):
-        levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down.")})
-        state = convert_ldm_vq_state_dict(state, num_levels=levels)
+    state = diffusers_vq_state_dict(read_state_dict(path))
     try:
         config = config or infer_vq_config(state)
     except (KeyError, ValueError) as error:
@@ -345,9 +269,6 @@ def load_codec(path: str | Path, config: dict | None = None) -> nn.Module:
     codec = VQAutoencoder(config)
     _load_strict(codec.vq, state, path, "VQ-f4 autoencoder layout")
     return codec.eval()
-
-
-load_vae = load_codec
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -367,7 +288,7 @@ def save_pipeline(pipe: SRPipeline, directory: str | Path) -> None:
     """``unet.safetensors`` / ``unet.json`` (+ ``codec.*``) in a directory."""
     directory = Path(directory)
     save_module(pipe.unet, directory / "unet", "unet", pipe.unet.config, schedule=asdict(pipe.schedule), description=pipe.description)
-    codec_state = pipe.codec.vq if isinstance(pipe.codec, VQAutoencoder) else pipe.codec
+    codec_state = pipe.codec.vq if pipe.codec.kind == "vq" else pipe.codec
     save_module(codec_state, directory / "codec", "codec", pipe.codec.config)
 
 
@@ -437,8 +358,9 @@ def build_pipeline(preset: str, seed: int = 0) -> SRPipeline:
 
 
 def default_pipeline() -> SRPipeline:
-    """The embedded default: the bundled trained demo model when present, else the official RSD
-    x4 architecture with seeded random weights. ``.description`` says which."""
-    if (BUNDLED_DIR / f"{DEMO_NAME}" / "unet.safetensors").is_file():
+    """The embedded default: the bundled trained demo model (``rsd_deploy/weights/demo-rsd``, the
+    ``demo-rsd`` preset's architecture) when present, else the official RSD x4 architecture with
+    seeded random weights. ``.description`` says which."""
+    if (BUNDLED_DIR / DEMO_NAME / "unet.safetensors").is_file():
         return load_pipeline(BUNDLED_DIR / DEMO_NAME)
     return build_pipeline("rsd-x4")

@@ -3,7 +3,10 @@ pixel-unshuffle codec used by the small demo models.
 
 Both map an HR image in [-1, 1] to a latent at LR size and back:
 ``encode(hr) -> z`` (no quantisation, as the reference), ``decode(z) -> hr`` (the VQ codec
-snaps ``z`` to its codebook first, as the reference ``decode`` does).
+snaps ``z`` to its codebook first, as the reference ``decode`` does). Each says what it is in
+``.kind`` (``"vq"`` / ``"pixel_unshuffle"``), a JSON config in :func:`codec_kind`. The layouts of
+checkpoint files (the official LDM one, diffusers') are read here too: :func:`infer_vq_config`,
+:func:`diffusers_vq_state_dict`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ VQ_F4_CONFIG = {
     "norm_num_groups": 32,
     "vq_embed_dim": 3,
 }
+# The parameter-free codec's whole config (saved beside demo models as is).
+PIXEL_UNSHUFFLE_CONFIG = {"kind": "pixel_unshuffle", "factor": 4}
 
 
 def nearest_codebook_entries(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
@@ -86,7 +91,7 @@ class PixelUnshuffleCodec(nn.Module):
 
     def __init__(self, config: dict | None = None):
         super().__init__()
-        self.config = {"kind": "pixel_unshuffle", "factor": 4}
+        self.config = dict(PIXEL_UNSHUFFLE_CONFIG)
         self.latent_channels = 3 * self.scale**2
 
     def encode(self, hr: torch.Tensor) -> torch.Tensor:
@@ -96,14 +101,37 @@ class PixelUnshuffleCodec(nn.Module):
         return F.pixel_shuffle(z, self.scale)
 
 
+def codec_kind(config: dict | None) -> str:
+    """The ``.kind`` of the codec a JSON config builds, before there is one: ``{"kind":
+    "pixel_unshuffle", ...}`` or a VQModel config (None: the VQ-f4 one)."""
+    return PixelUnshuffleCodec.kind if config is not None and config.get("kind") == PixelUnshuffleCodec.kind else VQAutoencoder.kind
+
+
 def build_codec(config: dict | None) -> nn.Module:
-    """A codec from its JSON config: ``{"kind": "pixel_unshuffle"}`` or a VQModel config."""
-    if config is not None and config.get("kind") == "pixel_unshuffle":
-        return PixelUnshuffleCodec()
-    return VQAutoencoder(config)
+    """A codec from its JSON config (see :func:`codec_kind`)."""
+    return PixelUnshuffleCodec() if codec_kind(config) == PixelUnshuffleCodec.kind else VQAutoencoder(config)
 
 
-# --- official LDM layout -> diffusers layout -------------------------------------------------
+# --- layouts: the config of a state dict, the official LDM layout -> diffusers' -----------------
+
+
+def infer_vq_config(state: dict[str, torch.Tensor]) -> dict:
+    """The VQModel config of a diffusers-layout VQ state dict (KeyError when it is not one)."""
+    levels = len({k.split(".")[2] for k in state if k.startswith("encoder.down_blocks.")})
+    channels = [state[f"encoder.down_blocks.{i}.resnets.0.conv1.weight"].shape[0] for i in range(levels)]
+    per_block = len({k.split(".")[4] for k in state if k.startswith("encoder.down_blocks.0.resnets.")})
+    codes, dim = state["quantize.embedding.weight"].shape
+    return {
+        **VQ_F4_CONFIG,
+        "down_block_types": ["DownEncoderBlock2D"] * levels,
+        "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": channels,
+        "layers_per_block": per_block,
+        "latent_channels": state["encoder.conv_out.weight"].shape[0],
+        "num_vq_embeddings": codes,
+        "vq_embed_dim": dim,
+    }
+
 
 _RESNET_RENAMES = {"nin_shortcut": "conv_shortcut"}
 _ATTN_RENAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "proj_out": "to_out.0"}
@@ -111,6 +139,15 @@ _ATTN_RENAMES = {"norm": "group_norm", "q": "to_q", "k": "to_k", "v": "to_v", "p
 
 def is_ldm_vq_state_dict(state_dict: dict) -> bool:
     return "quantize.embedding.weight" in state_dict and any(k.startswith("encoder.down.") for k in state_dict)
+
+
+def diffusers_vq_state_dict(state_dict: dict) -> dict:
+    """A VQ state dict in diffusers' layout: the official LDM one converted (its level count read
+    from its keys), any other as it is."""
+    if not is_ldm_vq_state_dict(state_dict):
+        return state_dict
+    levels = len({k.split(".")[2] for k in state_dict if k.startswith("encoder.down.")})
+    return convert_ldm_vq_state_dict(state_dict, num_levels=levels)
 
 
 def convert_ldm_vq_state_dict(state_dict: dict, num_levels: int = 3) -> dict:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import pickle
+from dataclasses import asdict
 
 import pytest
 import torch
 
 from rsd_deploy.checkpoints import (
+    BUNDLED_DIR,
     CheckpointError,
     load_codec,
     load_pipeline,
@@ -18,9 +21,10 @@ from rsd_deploy.checkpoints import (
     save_pipeline,
     split_unet,
 )
-from rsd_deploy.models.autoencoder import VQ_F4_CONFIG, PixelUnshuffleCodec, VQAutoencoder, convert_ldm_vq_state_dict
+from rsd_deploy.models.autoencoder import VQ_F4_CONFIG, PixelUnshuffleCodec, VQAutoencoder, build_codec, codec_kind, convert_ldm_vq_state_dict
+from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.pipeline import SRPipeline
-from rsd_deploy.presets import TINY_VQ
+from rsd_deploy.presets import PRESETS, TINY_VQ
 from rsd_deploy.schedule import TEACHER_4, TEACHER_15
 
 
@@ -207,6 +211,23 @@ def test_missing_and_non_checkpoint_files(tmp_path):
     torch.save({"a": torch.zeros(2)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="not a ResShift UNetModelSwin checkpoint"):
         load_unet(tmp_path / "other.pth")
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_a_codec_config_says_its_kind_before_the_codec_exists(preset):
+    config = PRESETS[preset].codec
+    with torch.device("meta"):
+        assert codec_kind(config) == build_codec(config).kind
+    assert codec_kind(None) == VQAutoencoder.kind and codec_kind(PixelUnshuffleCodec().config) == PixelUnshuffleCodec.kind
+
+
+@pytest.mark.parametrize("name", ["demo-rsd", "demo-teacher"])
+def test_the_bundled_demo_models_are_their_presets_trained(name):
+    saved = {part: json.loads((BUNDLED_DIR / name / f"{part}.json").read_text()) for part in ("unet", "codec")}
+    with torch.device("meta"):
+        assert UNetModelSwin(**saved["unet"]["config"]).config == UNetModelSwin(**PRESETS[name].unet).config
+    assert saved["codec"]["config"] == PRESETS[name].codec
+    assert saved["unet"]["schedule"] == asdict(PRESETS[name].schedule)
 
 
 def test_vq_safetensors_round_trip(tmp_path, tiny_rsd):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsd_deploy.checkpoints import infer_unet_config
 from rsd_deploy.models.unet import UNetModelSwin
-from rsd_deploy.presets import REALSR_X4_UNET
+from rsd_deploy.models.unet_layout import infer_unet_config
+from rsd_deploy.presets import DEMO_UNET, PRESETS, REALSR_X4_UNET
 
 # Representative official keys and shapes, from the released checkpoints' layout.
 OFFICIAL_SHAPES = {
@@ -67,8 +67,18 @@ def test_rsd_student_first_conv():
 
 def test_config_inferred_from_weights(full_unet):
     config = infer_unet_config(full_unet.state_dict())
-    assert {k: config[k] for k in REALSR_X4_UNET} == REALSR_X4_UNET
     assert config["noise_channels"] == 0
+    with torch.device("meta"):
+        assert UNetModelSwin(**config).config == full_unet.config  # what the weights do not show: the defaults
+
+
+@pytest.mark.parametrize("preset", ["rsd-x4", "tiny-rsd", "demo-rsd"])
+def test_inferred_config_rebuilds_each_preset(preset):
+    with torch.device("meta"):
+        model = UNetModelSwin(**PRESETS[preset].unet)
+        rebuilt = UNetModelSwin(**infer_unet_config(model.state_dict()))
+    # norm_groups is not in the weights (test_norm_groups_change_normalisation_not_layout)
+    assert {**rebuilt.config, "norm_groups": model.config["norm_groups"]} == model.config
 
 
 def test_official_yaml_keys_tolerated():
@@ -88,7 +98,6 @@ def test_noise_argument_checked(tiny_rsd):
 
 def test_norm_groups_change_normalisation_not_layout(tmp_path):
     from rsd_deploy.checkpoints import load_unet, save_module
-    from rsd_deploy.distill.config import DEMO_UNET
 
     official = UNetModelSwin(**{**DEMO_UNET, "norm_groups": 32})
     demo = UNetModelSwin(**DEMO_UNET)

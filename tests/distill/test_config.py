@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from rsd_deploy.distill.config import DEMO_UNET, build_config
-from rsd_deploy.presets import REALSR_X4_UNET
+from rsd_deploy.distill.config import build_config
+from rsd_deploy.presets import DEMO_UNET, REALSR_X4_UNET
 
 
 def _yaml(tmp_path, text: str):

@@ -1,4 +1,4 @@
-"""Real-ESRGAN / bicubic LR synthesis: shapes, ranges, seeded determinism, kernel properties."""
+"""Real-ESRGAN LR synthesis and training crops: shapes, ranges, seeded determinism, kernel properties."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from rsd_deploy.distill.data import HRCrops, StepSampler, skimage_photo
+from rsd_deploy.degradation import bicubic_degrade
 from rsd_deploy.distill import degradations
+from rsd_deploy.distill.data import HRCrops, StepSampler
 from rsd_deploy.distill.degradations import (
     MAX_KERNEL,
     RealESRGANConfig,
     StageConfig,
-    bicubic_degrade,
     final_kernel,
     jpeg_roundtrip,
     random_blur_kernel,
@@ -22,11 +22,12 @@ from rsd_deploy.distill.degradations import (
     sinc_kernel,
     stage_kernel,
 )
+from rsd_deploy.photos import photo_array
 
 
 @pytest.fixture(scope="module")
 def hr_batch() -> torch.Tensor:
-    crops = HRCrops([skimage_photo("astronaut"), skimage_photo("coffee")], crop=64, seed=3)
+    crops = HRCrops([photo_array("astronaut"), photo_array("coffee")], crop=64, seed=3)
     return torch.stack([crops[i] for i in range(8)])
 
 
@@ -54,13 +55,6 @@ def test_realesrgan_statistics(hr_batch):
     assert np.mean(brightness) < 0.05
     assert 0.01 < np.mean(distance) < 0.2
     assert np.mean(correlation) > 0.7
-
-
-def test_bicubic_keeps_flat_images_flat():
-    hr = torch.full((2, 3, 32, 48), 100 / 255)
-    lr = bicubic_degrade(hr)
-    assert lr.shape == (2, 3, 8, 12)
-    assert torch.allclose(lr, torch.full_like(lr, 100 / 255))
 
 
 def test_sizes_that_do_not_divide_fail_clearly():
@@ -92,7 +86,7 @@ def test_jpeg_roundtrip_loses_more_at_low_quality(hr_batch):
 
 
 def test_crops_are_a_function_of_seed_and_index():
-    photos = [skimage_photo("camera"), skimage_photo("microaneurysms")]  # grey, and smaller than the crop
+    photos = [photo_array("camera"), photo_array("microaneurysms")]  # grey, and smaller than the crop
     a, b = HRCrops(photos, 128, seed=1), HRCrops(photos, 128, seed=1)
     assert all(torch.equal(a[i], b[i]) for i in range(8))
     assert len({a[i].sum().item() for i in range(8)}) > 2  # different images, places, flips
@@ -145,7 +139,7 @@ def test_second_stage_runs_half_the_time_and_jpeg_only_twice(hr_batch, monkeypat
 
 
 def test_crops_rotate_and_rescale(tmp_path):
-    photo = skimage_photo("astronaut")
+    photo = photo_array("astronaut")
     plain = HRCrops([photo], 64, seed=0, hflip=False)
     rotated = HRCrops([photo], 64, seed=0, hflip=False, rot=True)
     assert any(not torch.equal(plain[i], rotated[i]) for i in range(8))
@@ -160,7 +154,3 @@ def test_crops_rotate_and_rescale(tmp_path):
         channels = [next(c for c in range(3) if torch.equal(shuffled[i][k], plain[i][c])) for k in range(3)]
         orders.add(tuple(channels))
     assert len(orders) > 2 and all(sorted(o) == [0, 1, 2] for o in orders)
-
-
-def test_matplotlibs_photo_is_available():
-    assert skimage_photo("grace_hopper").shape == (600, 512, 3)

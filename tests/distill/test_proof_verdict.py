@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rsd_deploy.distill.losses import EVAL_BACKBONE_SEED, LPIPSLoss
 from rsd_deploy.distill.proof import markdown, verdict
+from rsd_deploy.metrics import EVAL_BACKBONE_SEED, LPIPS
 
 
 def rows(student_psnr: float, student_lpips: float) -> dict:
@@ -47,7 +47,7 @@ def test_markdown_states_the_verdict():
 
 
 def test_evaluation_backbone_is_not_the_training_one():
-    train, evaluate, again = LPIPSLoss("random"), LPIPSLoss("random", seed=EVAL_BACKBONE_SEED), LPIPSLoss("random", seed=EVAL_BACKBONE_SEED)
+    train, evaluate, again = LPIPS("random"), LPIPS("random", seed=EVAL_BACKBONE_SEED), LPIPS("random", seed=EVAL_BACKBONE_SEED)
     first = lambda m: next(m.net.net.parameters())
     assert not torch.equal(first(train), first(evaluate))
     assert torch.equal(first(evaluate), first(again))  # seeded: the metric is reproducible

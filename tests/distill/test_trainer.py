@@ -11,12 +11,13 @@ import torch
 
 from rsd_deploy.checkpoints import load_pipeline, save_pipeline
 from rsd_deploy.distill import cli
-from rsd_deploy.distill.config import DEMO_UNET, build_config
+from rsd_deploy.distill.config import build_config
 from rsd_deploy.distill.objectives import RSDObjective, add_noise_channel, encode_batch, student_timesteps
 from rsd_deploy.distill.trainer import EMA, PairPool, Trainer
 from rsd_deploy.models.autoencoder import PixelUnshuffleCodec
 from rsd_deploy.models.unet import UNetModelSwin
 from rsd_deploy.pipeline import SRPipeline
+from rsd_deploy.presets import DEMO_UNET
 from rsd_deploy.schedule import TEACHER_15
 
 # the demo's UNet at width 32: the structure at a third of the cost

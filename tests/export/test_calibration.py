@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rsd_deploy.distill.degradations import bicubic_degrade
+from rsd_deploy.degradation import bicubic_degrade
 from rsd_deploy.export.calibration import load_calibration, load_div2k
 
 
@@ -55,7 +55,8 @@ def test_bad_folders_fail_clearly(tmp_path):
 def test_bundled_photos_without_a_folder():
     cal = load_calibration(None, count=3, crop=256, seed=0)
     assert cal.lr.shape == (3, 3, 64, 64) and "scikit-image bundled photos" in cal.source
-    assert cal.names[0].startswith("skimage.data.astronaut()")
+    assert cal.names == ["skimage.data.astronaut()@220,164", "skimage.data.coffee()@72,92", "skimage.data.chelsea()@12,8"]
+    torch.testing.assert_close(cal.lr, bicubic_degrade(cal.hr))
     assert 0 <= cal.lr.min() and cal.lr.max() <= 1 and cal.hr.std() > 0.05
     calibration, held_out = cal.split(1)
     assert len(calibration.names) == 2 and len(held_out.names) == 1 and "held out" in held_out.source
