@@ -146,6 +146,11 @@ def graphs_of(ctx: BenchContext, precision: str) -> dict[str, Path]:
 
 def _onnxruntime(provider: str, precision: str = "fp32") -> Callable[[BenchContext], Runner]:
     def make(ctx: BenchContext) -> Runner:
+        from .runners.onnxruntime_runner import _ort
+
+        available = _ort().get_available_providers()
+        if provider not in available:  # said before a full-size model is exported for nothing
+            raise RunnerUnavailable(f"{provider} is not in this onnxruntime build ({', '.join(available)})")
         return OnnxRuntimeRunner(graphs_of(ctx, precision), precision, provider=provider)
 
     return make
