@@ -27,8 +27,8 @@ import onnx
 import torch
 
 from rsd_deploy import chain
-
 from rsd_deploy.metrics import psnr
+
 from .runners.onnxruntime_runner import onnxruntime_session_for_model
 
 ROOTS = ("unet", "encoder", "decoder", "quant_conv", "post_quant_conv")  # module roots in exported node names
