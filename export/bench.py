@@ -4,8 +4,8 @@ For each backend x batch x LR size the same photos and noise run through the thr
 time and end to end; reported per case: latency p50 / p90 / p99, images/s, peak memory and the
 quality of the end-to-end output against the fp32 PyTorch reference (PSNR, LPIPS). The upstream
 anchors are the sampling procedures as the official scripts run them: the one-step RSD (or SinSR)
-student and the teacher's T-step ResShift chain, run by the official code itself with
---upstream-src, else by the project pipeline, unbatched (labelled so); speed-ups are stated
+student and the teacher's T-step ResShift chain, run by the official code itself when --upstream-src
+has its checkout, else by the project pipeline, unbatched (labelled so); speed-ups are stated
 against them. Backends that cannot run here are listed with the reason.
 
     rsd-bench                                       # bundled demo model, batch 1,2, LR 64, the default backends
@@ -58,15 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--batch", type=positive_ints, default="1,2", help="batch sizes, comma-separated")
     grid.add_argument("--lr-size", type=positive_ints, default="64", help=f"LR sides, comma-separated multiples of {SIZE_MULTIPLE}")
     parser.add_argument("--backends", default="default",
-                        help=f"comma-separated backend names or groups ({', '.join(GROUPS)}: gpu = those that need a CUDA GPU); see --list")
+                        help=f"comma-separated backend names or groups ({', '.join(GROUPS)}: gpu = those that need a CUDA GPU, cpu = the "
+                        "others); see --list (default: default)")
     parser.add_argument("--list", action="store_true", help="list the backends and their properties, and exit")
     graphs = parser.add_argument_group("exported graphs and engines")
     graphs.add_argument("--onnx-dir", type=Path, help="rsd-export output with <stage>.<precision>.onnx; default: fp32 graphs exported into OUT/onnx")
     graphs.add_argument("--plugin-onnx-dir", type=Path, help="rsd-export --attention plugin --precision fp32 output (TensorRT with the fused kernel)")
     graphs.add_argument("--engine-dir", type=Path, help="TensorRT engine cache; default ONNX_DIR/engines, as rsd-export")
     parser.add_argument("--upstream-src", type=Path, action="append", metavar="DIR",
-                        help="a checkout of the official ResShift, SinSR or RSD code (repeat for several): the upstream backends run its "
-                        "sampler classes as its scripts do; default: the project pipeline, unbatched")
+                        help="a checkout of the official ResShift, SinSR or RSD code (repeat for several): an upstream backend whose "
+                        "script it has runs its sampler class as the script does; the others run the project pipeline, unbatched")
     timing = parser.add_argument_group("timing")
     timing.add_argument("--warmup", type=int, default=1, help="untimed calls before each number")
     timing.add_argument("--min-iters", type=int, default=3, help="fewest timed calls per number")
@@ -132,8 +133,8 @@ def load_teacher(args: argparse.Namespace) -> SRPipeline | None:
     return None
 
 
-def list_backends(device: torch.device, official: bool) -> None:
-    for b in backends(device, official):
+def list_backends(device: torch.device) -> None:
+    for b in backends(device):
         flags = [flag for flag, on in (("needs GPU", b.needs_gpu), ("quality reference", b.reference), ("upstream", b.upstream)) if on]
         default = "default" if b.default else f"not default: {b.not_default_reason}"
         print(f"{b.name:24s} {b.summary} [{', '.join([*flags, default])}]")
@@ -142,7 +143,7 @@ def list_backends(device: torch.device, official: bool) -> None:
 def run(args: argparse.Namespace) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.list:
-        list_backends(device, bool(args.upstream_src))
+        list_backends(device)
         return 0
     options = options_from_args(args)
     pipe, teacher = load_model(args, seed=args.seed), load_teacher(args)

@@ -2,8 +2,8 @@
 
 Every backend is made through the runner classes of :mod:`.runners` (PyTorch eager or
 ``torch.compile``, ONNX Runtime, OpenVINO, TensorRT) or is an upstream procedure: the official
-code of ``--upstream-src`` (:class:`~.bench_official.OfficialSampler`), else the project pipeline,
-unbatched (:class:`~.bench_upstream.UpstreamProcedure`). Graphs of ``--onnx-dir`` are read with
+code when ``--upstream-src`` has the checkout that runs it (:class:`~.bench_official.OfficialSampler`),
+else the project pipeline, unbatched (:class:`~.bench_upstream.UpstreamProcedure`). Graphs of ``--onnx-dir`` are read with
 :func:`~.artifacts.read_export` (a complete rsd-export folder, this model's, covering the grid).
 Nothing outside this table tests a backend by name.
 """
@@ -20,15 +20,13 @@ import torch
 from rsd_deploy import chain
 from rsd_deploy.pipeline import SRPipeline
 
-from .bench_upstream import UPSTREAM_STAGES, UpstreamProcedure
+from .bench_upstream import UPSTREAM_STAGES, UpstreamProcedure, official_script
 from .runners import OnnxRuntimeRunner, OpenVINORunner, Runner, RunnerUnavailable, TensorRTRunner, TorchRunner
 from .stages import STAGE_NAMES, ShapeRange, describe_stages, onnx_file_name
 
 # How a backend's end-to-end number is produced (Backend.end_to_end).
 FUSED_OR_CHAIN = "the fused pipeline stage where the runner has it, else chain.upscale over its stages"
-PROCEDURE = "the procedure itself: SRPipeline.forward image by image"
-OFFICIAL = "the procedure itself: the official sampler's sample_func image by image"
-PROCEDURES = (PROCEDURE, OFFICIAL)  # end to end is the runner's own upscale(lr)
+PROCEDURE = "the procedure itself, image by image (the official sampler's sample_func, or SRPipeline.forward)"
 
 GROUPS = ("default", "all", "gpu", "cpu")  # names --backends accepts besides backend names
 
@@ -63,13 +61,12 @@ class Backend:
     reference: bool = False  # the quality reference: every other output is compared with its output
     upstream: bool = False  # an official procedure: speed-ups are stated against it
     same_model: bool = True  # False: runs another model (the teacher), so its quality is not compared
-    same_noise: bool = True  # False: draws its own noise (the official samplers), so its quality is not compared
     end_to_end: str = FUSED_OR_CHAIN
     stages: tuple[chain.Stage, ...] = chain.STAGES  # timed one by one, with what each reads
 
     def properties(self) -> dict:
         return {"summary": self.summary, "needs_gpu": self.needs_gpu, "reference": self.reference, "upstream": self.upstream,
-                "same_model": self.same_model, "same_noise": self.same_noise}
+                "same_model": self.same_model}
 
 
 # --- makers -------------------------------------------------------------------------------------
@@ -194,18 +191,21 @@ def _tensorrt(precision: str, plugin: bool = False) -> Callable[[BenchContext], 
 
 def _upstream(teacher: bool) -> Callable[[BenchContext], Runner]:
     """The official procedure for the student (one step) or the teacher (all T steps): the official
-    code of ``--upstream-src``, else the project pipeline, unbatched."""
+    code when ``--upstream-src`` has a checkout of the repository whose script runs it, else the
+    project pipeline, unbatched."""
 
     def make(ctx: BenchContext) -> Runner:
+        from .bench_official import OfficialSampler, find_checkout
+
         pipe = ctx.teacher if teacher else ctx.pipe
         if pipe is None:
             raise RunnerUnavailable("no teacher: pass --teacher (or --preset with a known teacher architecture)")
         steps = pipe.schedule.steps if teacher else 1
-        if ctx.upstream_src:
-            from .bench_official import OfficialSampler
-
-            return OfficialSampler(ctx.upstream_src, pipe, steps, ctx.device, ctx.seed)
-        return UpstreamProcedure(pipe, steps, ctx.device, ctx.seed)
+        try:
+            find_checkout(ctx.upstream_src, official_script(pipe, steps))
+        except RunnerUnavailable:  # none given for this script
+            return UpstreamProcedure(pipe, steps, ctx.device, ctx.seed)
+        return OfficialSampler(ctx.upstream_src, pipe, steps, ctx.device, ctx.seed)
 
     return make
 
@@ -213,14 +213,14 @@ def _upstream(teacher: bool) -> Callable[[BenchContext], Runner]:
 # --- the registry -------------------------------------------------------------------------------
 
 
-def backends(device: torch.device, official: bool = False) -> list[Backend]:
+def backends(device: torch.device) -> list[Backend]:
     """Every backend, the quality reference first. ``device``: where the PyTorch and upstream
-    backends run (it decides torch.compile's default selection); ``official``: the upstream
-    backends run the official code (``--upstream-src``), not the project pipeline."""
+    backends run (it decides torch.compile's default selection)."""
     slow_compile = "compiling takes minutes on a CPU; select it with --backends torch-compile"
     fp32, fp16, bf16 = torch.float32, torch.float16, torch.bfloat16
-    upstream = dict(upstream=True, end_to_end=OFFICIAL if official else PROCEDURE, stages=UPSTREAM_STAGES, same_noise=not official)
-    how = "the official code of --upstream-src" if official else "project pipeline, unbatched (SRPipeline.forward per image)"
+    upstream = dict(upstream=True, end_to_end=PROCEDURE, stages=UPSTREAM_STAGES)
+    how = ("the official code when --upstream-src has its checkout (its own noise: quality not compared), else the project pipeline, "
+           "unbatched (SRPipeline.forward per image)")
     return [
         Backend("pytorch-fp32", "PyTorch eager fp32, official attention (the quality reference)", _torch(fp32, "reference"), reference=True),
         Backend("pytorch-fp32-sdpa", "PyTorch eager fp32, scaled_dot_product_attention", _torch(fp32, "sdpa")),

@@ -27,7 +27,7 @@ from rsd_deploy.errors import one_line
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.timing import PeakRSS, Timer
 
-from .bench_backends import PROCEDURES, Backend, BenchContext, backends, select
+from .bench_backends import PROCEDURE, Backend, BenchContext, backends, select
 from .bench_inputs import CaseInputs, case_inputs
 from .runners import Runner, RunnerUnavailable
 from .stages import FUSED, ShapeRange
@@ -92,8 +92,8 @@ def _mib(value: float) -> float:
 
 def end_to_end(backend: Backend, runner: Runner, case: CaseInputs) -> tuple[Callable[[], torch.Tensor], str]:
     """The end-to-end call for ``case`` (see ``Backend.end_to_end``) and what it is."""
-    if backend.end_to_end in PROCEDURES:
-        return lambda: runner.upscale(case.lr), backend.end_to_end
+    if backend.end_to_end == PROCEDURE:
+        return lambda: runner.upscale(case.lr), PROCEDURE
     stage = runner.stage_fn()
     if FUSED in runner.stages:
         return lambda: stage(FUSED, case.fused_feeds), f"the fused {FUSED} stage"
@@ -145,12 +145,13 @@ class Quality:
     def lpips_kind(self) -> str:
         return self.lpips.kind if self.lpips is not None else "not computed (no output was compared)"
 
-    def compare(self, backend: Backend, key: tuple[int, int], output: torch.Tensor) -> dict[str, float | None]:
+    def compare(self, backend: Backend, key: tuple[int, int], output: torch.Tensor, own_noise: bool = False) -> dict[str, float | None]:
+        """``own_noise``: the runner drew its own noise (the official samplers), so its images are not compared."""
         from .parity import lpips_distance, psnr
 
         if backend.reference:
             self.references[key] = output
-        expected = self.references.get(key) if backend.same_model and backend.same_noise else None
+        expected = self.references.get(key) if backend.same_model and not own_noise else None
         if expected is None:
             return {"psnr_db": None, "lpips": None}
         if self.lpips is None:
@@ -164,7 +165,7 @@ def run_bench(pipe: SRPipeline, options: BenchOptions, teacher: SRPipeline | Non
     """Measure the grid (see the module docstring); raises :class:`NothingRan` when no selected
     backend ran a single case. The inputs are made when the first backend is ready."""
     device = torch.device(options.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    registry = backends(device, official=bool(options.upstream_src))
+    registry = backends(device)
     selected, skipped = select(registry, list(options.backends))
     timer = Timer(device, options.warmup, options.min_iters, options.max_iters, options.budget_s)
     ctx = BenchContext(pipe.eval(), teacher, device, options.shape_range(), options.work_dir, options.onnx_dir,
@@ -202,13 +203,14 @@ def run_bench(pipe: SRPipeline, options: BenchOptions, teacher: SRPipeline | Non
                 failed.append(f"{backend.name}: {first_line}")
                 log(f"  {backend.name:24s} failed at batch {key[0]}, LR {key[1]}: {first_line}")
                 continue
-            result.quality = quality.compare(backend, key, output)
+            result.quality = quality.compare(backend, key, output, getattr(runner, "own_noise", False))
             report.results.append(result)
             psnr_db = result.quality["psnr_db"]
             log(f"  {backend.name:24s} batch {key[0]} LR {key[1]}: end-to-end p50 {result.end_to_end['p50_ms']:.1f} ms, "
                 f"{result.end_to_end['images_per_s']:.2f} img/s, PSNR {'-' if psnr_db is None else f'{psnr_db:.1f} dB'}")
         if how is not None:
-            report.backends[backend.name] = {**backend.properties(), "notes": runner.notes, "prepare_s": prepare_s, "end_to_end": how}
+            report.backends[backend.name] = {**backend.properties(), "notes": runner.notes, "prepare_s": prepare_s, "end_to_end": how,
+                                             "own_noise": getattr(runner, "own_noise", False)}
         runner.close()
         del runner
         gc.collect()

@@ -142,6 +142,7 @@ class OfficialSampler(Runner):
         self.context = (lambda: torch.autocast("cuda", dtype=torch.float16)) if script.precision == FP16_AUTOCAST and self.on_gpu \
             else nullcontext
         self.noise_channels = pipe.unet.noise_channels
+        self.own_noise = True  # torch's global generator, as the scripts: its images are not compared
         self.name = "upstream"
         self.precision = script.precision if self.on_gpu else "fp32"
         self.stages = tuple(stage.name for stage in UPSTREAM_STAGES)

@@ -147,6 +147,7 @@ class UpstreamProcedure(Runner):
             self.pipe.codec = HalfCodec(self.pipe.codec)
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.float16)) if self.precision == FP16_AUTOCAST else nullcontext
         self.steps, self.seed = steps, seed
+        self.own_noise = False  # the benchmark's noise (NoiseField), so its images are compared
         self.name = "upstream"
         self.stages = tuple(stage.name for stage in UPSTREAM_STAGES)
         how = script.label(self.device) if precision is None else self.precision

@@ -18,10 +18,12 @@ import torch
 import yaml
 
 from rsd_deploy.checkpoints import build_pipeline
+from rsd_deploy.export.bench_backends import BenchContext, backends
 from rsd_deploy.export.bench_inputs import case_inputs
 from rsd_deploy.export.bench_official import OfficialSampler, checkout_method, find_checkout
-from rsd_deploy.export.bench_upstream import RESSHIFT_V3, RSD, UPSTREAM_STAGES
+from rsd_deploy.export.bench_upstream import RESSHIFT_V3, RSD, UPSTREAM_STAGES, UpstreamProcedure
 from rsd_deploy.export.runners import RunnerUnavailable
+from rsd_deploy.export.stages import ShapeRange
 from rsd_deploy.pipeline import SRPipeline
 from rsd_deploy.schedule import TEACHER_4
 
@@ -184,6 +186,18 @@ def test_checkouts_are_recognised_and_chosen_by_script(tmp_path, student, teache
     with pytest.raises(RunnerUnavailable, match=f"^--upstream-src: inference.py --task RSD --one_step needs a RSD checkout; "
                                                 f"given {resshift} \\(ResShift\\)$"):
         OfficialSampler((resshift,), student, 1, "cpu")
+
+
+def test_each_anchor_runs_the_official_code_when_its_checkout_is_given(tmp_path, student, teacher):
+    """rsd-bench's upstream backends: the official code where --upstream-src has the checkout of the
+    script that runs the model, the project pipeline (labelled so) where it has none."""
+    resshift = write_checkout(tmp_path, "ResShift", teacher)
+    ctx = BenchContext(student, teacher, torch.device("cpu"), ShapeRange(), tmp_path, upstream_src=(resshift,))
+    registry = {b.name: b for b in backends(torch.device("cpu"))}
+    anchor, chain_anchor = registry["upstream-rsd-1step"].make(ctx), registry["upstream-resshift"].make(ctx)
+    assert isinstance(anchor, UpstreamProcedure) and anchor.notes.startswith("project pipeline, unbatched") and not anchor.own_noise
+    assert isinstance(chain_anchor, OfficialSampler) and chain_anchor.notes.startswith("official ResShift code") and chain_anchor.own_noise
+    chain_anchor.close()
 
 
 def test_the_student_runs_as_the_rsd_script_runs_it(tmp_path, student):
