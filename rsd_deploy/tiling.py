@@ -174,8 +174,7 @@ class StripBlender:
         bottom = top + tile.shape[-2]
         grow = bottom - self.top - self.total.shape[1]
         if grow > 0:
-            self.total = torch.cat([self.total, self.total.new_zeros(self.total.shape[0], grow, self.total.shape[2])], 1)
-            self.weights = torch.cat([self.weights, self.weights.new_zeros(1, grow, self.weights.shape[2])], 1)
+            self.total, self.weights = self._grown(self.total, grow), self._grown(self.weights, grow)
         rows, cols = slice(top - self.top, bottom - self.top), slice(left, left + tile.shape[-1])
         self.total[:, rows, cols] += tile * weight
         self.weights[:, rows, cols] += weight
@@ -184,9 +183,16 @@ class StripBlender:
         """Blended rows ``self.top:until``; no tile added later may start above ``until``."""
         count = until - self.top
         done = self.total[:, :count] / self.weights[:, :count]
-        self.total, self.weights = self.total[:, count:], self.weights[:, count:]
+        # copies of the rows still open, so that the finished rows' memory goes now
+        self.total, self.weights = self.total[:, count:].clone(), self.weights[:, count:].clone()
         self.top = until
         return done
+
+    @staticmethod
+    def _grown(rows: torch.Tensor, grow: int) -> torch.Tensor:
+        grown = rows.new_zeros(rows.shape[0], rows.shape[1] + grow, rows.shape[2])
+        grown[:, : rows.shape[1]] = rows
+        return grown
 
 
 # --- the model and its noise --------------------------------------------------------------------
@@ -562,12 +568,11 @@ class TileScheduler:
             hr = tile.hr[:, : plan.chop[0] * s, : plan.chop[1] * s]  # official: the chop's own padding cut off
             image.blender.add(hr, plan.weight(top, left), top * s, left * s)
             finished = plan.finished_rows(tile.index)
-            while image.blender.top < finished:
+            if finished > image.blender.top:
                 first = image.blender.top
-                rows = image.blender.take(min(finished, first + STRIP_ROWS))
-                rows = rows[:, : max(0, plan.height * s - first), : plan.width * s]  # canvas padding cut off
-                if rows.shape[1]:
-                    image.write(chain.to_image_range(rows))
+                rows = image.blender.take(finished)[:, : max(0, plan.height * s - first), : plan.width * s]  # canvas padding cut off
+                for start in range(0, rows.shape[1], STRIP_ROWS):
+                    image.write(chain.to_image_range(rows[:, start : start + STRIP_ROWS]))
             image.done += 1
             if self.progress is not None:
                 self.progress(image.job, image.done, len(plan.boxes))
