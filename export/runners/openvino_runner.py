@@ -59,22 +59,23 @@ class OpenVINORunner(Runner):
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": inference_precision, "INFERENCE_NUM_THREADS": threads,
                   "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
-        self.requests = {}
+        self.requests, self.inputs, self.outputs = {}, {}, {}
         for stage, path in graphs.items():
-            compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-            self.requests[stage] = compiled.create_infer_request()
-        self.inputs = {stage: [(port.get_any_name(), _NUMPY[port.get_element_type().get_type_name()]) for port in request.model_inputs]
-                       for stage, request in self.requests.items()}
-        self.outputs = {stage: [port.get_any_name() for port in request.model_outputs] for stage, request in self.requests.items()}
+            model = core.read_model(str(path))
+            # tensor names as the graph has them: compiling may merge an output with the tensor that
+            # feeds it (the compiled port then also answers to, e.g., /DepthToSpace_output_0)
+            self.inputs[stage] = [(port.get_any_name(), _NUMPY[port.get_element_type().get_type_name()]) for port in model.inputs]
+            self.outputs[stage] = [port.get_any_name() for port in model.outputs]
+            self.requests[stage] = core.compile_model(model, "CPU", config).create_infer_request()
         self.notes = (f"OpenVINO {ov.get_version().split('-')[0]} CPU, INFERENCE_PRECISION_HINT {inference_precision}, {threads} threads, "
                       f"graphs from {Path(next(iter(graphs.values()))).parent}")
 
     def run(self, stage: str, feeds: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         request = self.requests[stage]
         arrays = {name: feeds[name].detach().cpu().numpy().astype(dtype, copy=False) for name, dtype in self.inputs[stage]}
-        results = request.infer(arrays)
+        request.infer(arrays)
         # the request reuses its output buffers on the next call: copy
-        return {name: torch.from_numpy(np.array(results[index])) for index, name in enumerate(self.outputs[stage])}
+        return {name: torch.from_numpy(request.get_output_tensor(index).data.copy()) for index, name in enumerate(self.outputs[stage])}
 
     def close(self) -> None:
         self.requests.clear()

@@ -17,53 +17,52 @@ from rsd_deploy.export.stages import CHAINED_STAGES, ShapeRange, describe_stages
 
 pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'rsd-deploy[openvino]')")
 
-SHAPES = ShapeRange(batch=(1, 1, 2), height=(64, 64, 128), width=(64, 64, 128))
+SHAPES = ShapeRange(batch=(1, 1, 2), height=(64, 64, 64), width=(64, 64, 64))
 
 
 @pytest.fixture(scope="module")
-def graphs(micro, tmp_path_factory):
-    out = tmp_path_factory.mktemp("openvino")
-    stages = describe_stages(micro)
-    return {name: export_stage(stages[name], micro, out / f"{name}.fp32.onnx", SHAPES) for name in CHAINED_STAGES}
+def graphs(stage_files):
+    """The demo model's fp32 stage graphs from a real rsd-export run (tests/export/conftest.py)."""
+    return stage_files
 
 
-def _chain_inputs(micro, height=50, width=64):
+def _chain_inputs(demo):
     generator = torch.Generator().manual_seed(1)
-    lr = torch.rand(1, 3, height, width, generator=generator)
-    eps, noise_map = torch.randn(1, 3, 64, 64, generator=generator), torch.randn(1, 1, 64, 64, generator=generator)
-    return lr, eps, noise_map, micro.schedule.prior_scale, micro.codec.scale
+    lr = torch.rand(1, 3, 50, 64, generator=generator)
+    channels = demo.codec.latent_channels
+    eps, noise_map = torch.randn(1, channels, 64, 64, generator=generator), torch.randn(1, 1, 64, 64, generator=generator)
+    return lr, eps, noise_map if demo.takes_noise_map else None, demo.schedule.prior_scale, demo.codec.scale
 
 
-def test_f32_chain_matches_pytorch(micro, graphs):
+def test_f32_chain_matches_pytorch(demo, graphs):
     runner = OpenVINORunner(graphs, "fp32", threads=1)
     assert runner.stages == CHAINED_STAGES and runner.precision == "fp32" and "INFERENCE_PRECISION_HINT f32, 1 threads" in runner.notes
-    args = _chain_inputs(micro)
-    ours, reference = chain.upscale(runner.stage_fn(), *args), chain.upscale(TorchRunner(micro).stage_fn(), *args)
+    args = _chain_inputs(demo)
+    ours, reference = chain.upscale(runner.stage_fn(), *args), chain.upscale(TorchRunner(demo).stage_fn(), *args)
     assert ((ours - reference).norm() / reference.norm()).item() < 1e-4
     # outputs are copies: the next call does not overwrite what the last one returned
-    feeds = {"z": torch.randn(1, 3, 64, 64)}
-    first = runner.run("decoder", feeds)["hr"]
+    first = runner.run("decoder", {"z": torch.randn(1, args[1].shape[1], 64, 64)})["hr"]
     kept = first.clone()
-    runner.run("decoder", {"z": torch.randn(1, 3, 64, 64)})
+    runner.run("decoder", {"z": torch.randn(1, args[1].shape[1], 64, 64)})
     assert torch.equal(first, kept)
 
 
 @pytest.mark.skipif("BF16" not in openvino_runner.cpu_capabilities(), reason="this CPU has no native bf16 (AVX-512 BF16 / AMX)")
-def test_bf16_runs_near_fp32(micro, graphs):
+def test_bf16_runs_near_fp32(demo, graphs):
     runner = OpenVINORunner(graphs, "fp32", "bf16", threads=1)
     assert runner.precision == "fp32 graphs, bf16 compute"
-    args = _chain_inputs(micro)
-    ours, reference = chain.upscale(runner.stage_fn(), *args), chain.upscale(TorchRunner(micro).stage_fn(), *args)
+    args = _chain_inputs(demo)
+    ours, reference = chain.upscale(runner.stage_fn(), *args), chain.upscale(TorchRunner(demo).stage_fn(), *args)
     assert 25 < psnr(ours, reference) < 90  # bf16 rounding: close, but not float32 exact
 
 
-def test_int8_qdq_graphs(micro, graphs, tmp_path):
-    """The Q/DQ graph of one stage (ModelOpt, as rsd-export --precision int8) runs with int8 kernels."""
-    generator = np.random.default_rng(0)
-    z = generator.standard_normal((4, 3, 64, 64)).astype(np.float32)
+def test_int8_qdq_graphs(micro, tmp_path):
+    """A Q/DQ graph (ModelOpt, as rsd-export --precision int8) of a VQ decoder runs with int8 kernels."""
+    fp32_path = export_stage(describe_stages(micro)["decoder"], micro, tmp_path / "decoder.fp32.onnx", SHAPES)
+    z = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     path = tmp_path / "decoder.int8.onnx"
-    quantize_qdq(graphs["decoder"], path, {"z": z}, "int8", "max")
-    int8, fp32 = OpenVINORunner({"decoder": path}, "int8", threads=1), OpenVINORunner({"decoder": graphs["decoder"]}, "fp32", threads=1)
+    quantize_qdq(fp32_path, path, {"z": z}, "int8", "max")
+    int8, fp32 = OpenVINORunner({"decoder": path}, "int8", threads=1), OpenVINORunner({"decoder": fp32_path}, "fp32", threads=1)
     assert int8.precision == "int8"
     feeds = {"z": torch.from_numpy(z[:1])}
     quantized, reference = int8.run("decoder", feeds)["hr"], fp32.run("decoder", feeds)["hr"]
