@@ -155,6 +155,16 @@ def official():
     )
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's ``-n 2``) each worker takes its share of the cores, so two
+    workers on a 2-core machine run one torch thread each instead of thrashing four."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked slow (minutes on a 2-core CPU) run only with RSD_RUN_SLOW=1."""
     import os

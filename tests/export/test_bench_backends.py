@@ -66,7 +66,7 @@ def test_makers_say_why_they_cannot_run(micro_pixel_unshuffle, tmp_path):
     with pytest.raises(RunnerUnavailable, match="needs --onnx-dir \\(rsd-export --precision fp16\\)"):
         registry["tensorrt-fp16"].make(ctx)
     with pytest.raises(RunnerUnavailable, match="^needs --onnx-dir \\(rsd-export --precision int8\\)$"):
-        registry["openvino-int8"].make(ctx)
+        registry["onnxruntime-cpu-int8"].make(ctx)
     ctx.plugin_onnx_dir = ctx.onnx_dir = tmp_path
     for name in ("tensorrt-int8", "onnxruntime-cpu"):  # --onnx-dir must be a complete rsd-export folder
         with pytest.raises(RunnerUnavailable, match="no report.json \\(not an rsd-export output folder\\)"):

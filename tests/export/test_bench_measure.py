@@ -14,7 +14,7 @@ from rsd_deploy.checkpoints import BUNDLED_DIR, DEMO_NAME, load_pipeline
 from rsd_deploy.export.bench_backends import backends
 from rsd_deploy.export.bench_inputs import case_inputs
 from rsd_deploy.export.bench_measure import BenchOptions, NothingRan, end_to_end, run_bench
-from rsd_deploy.export.parity import psnr
+from rsd_deploy.metrics import psnr
 from rsd_deploy.export.runners import OnnxRuntimeRunner
 from rsd_deploy.export.stages import CHAINED_STAGES, FUSED
 from rsd_deploy.pipeline import SRPipeline

@@ -11,7 +11,7 @@ import torch
 from rsd_deploy.export.bench_inputs import case_inputs
 from rsd_deploy.export.bench_upstream import (FP16_AUTOCAST, FP16_TORSO, RESSHIFT, RESSHIFT_V3, RSD, SAMPLER, SINSR, UPSTREAM_STAGES,
                                               HalfCodec, UpstreamProcedure, half_torso, official_script)
-from rsd_deploy.export.parity import psnr
+from rsd_deploy.metrics import psnr
 from rsd_deploy.export.runners import TorchRunner
 from rsd_deploy.export.stages import FUSED
 

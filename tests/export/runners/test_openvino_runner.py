@@ -9,7 +9,7 @@ import torch
 
 from rsd_deploy import chain
 from rsd_deploy.export.onnx_export import export_stage
-from rsd_deploy.export.parity import psnr
+from rsd_deploy.metrics import psnr
 from rsd_deploy.export.precision import quantize_qdq
 from rsd_deploy.export.runners import OpenVINORunner, RunnerUnavailable, TorchRunner
 from rsd_deploy.export.runners import openvino_runner

@@ -76,6 +76,16 @@ def test_onnxruntime_runs_the_torch_output(artifacts, photos, tmp_path, capsys):
         assert psnr(tmp_path / "torch" / name, tmp_path / "ort" / name) >= 60  # measured: over 95 dB
 
 
+def test_openvino_runs_the_onnxruntime_output(artifacts, photos, tmp_path, capsys):
+    pytest.importorskip("openvino", reason="the openvino extra is not installed (pip install 'rsd-deploy[openvino]')")
+    graphs = ["--artifacts", str(artifacts), *FAST]
+    assert main([str(photos), "-o", str(tmp_path / "ort"), "--backend", "onnxruntime", *graphs]) == 0
+    assert main([str(photos), "-o", str(tmp_path / "ov"), "--backend", "openvino", *graphs]) == 0
+    assert "INFERENCE_PRECISION_HINT f32" in capsys.readouterr().out
+    for name in ("astronaut_x4.png", "coffee_x4.png"):
+        assert psnr(tmp_path / "ort" / name, tmp_path / "ov" / name) >= 50
+
+
 def test_tile_batch_4_is_tile_batch_1_on_onnxruntime(artifacts, photos, tmp_path, capsys):
     """ONNX Runtime's per-tile results do not depend on the batch: the same bytes, although the
     batches of 4 mix tiles of both images."""
@@ -136,7 +146,6 @@ def test_what_cannot_run_is_one_line_before_any_image(artifacts, photos, tmp_pat
         (ort + FAST + ["--precision", "fp16"], "no fp16 graphs (report.json lists fp32); run rsd-export --precision fp16"),
         (["--backend", "onnxruntime", *FAST], "--backend onnxruntime runs an rsd-export folder: give --artifacts DIR"),
         (["--artifacts", str(artifacts), *FAST], "--artifacts is an rsd-export folder for --backend onnxruntime"),
-        (["--backend", "openvino", "--artifacts", str(artifacts)], "--backend openvino: the OpenVINO runner is not installed yet"),
         (["--server", "grpc://localhost:1", "--backend", "onnxruntime"], "--server runs the stages the server serves"),
     ]
     if not __import__("torch").cuda.is_available():
