@@ -48,8 +48,7 @@ class Loaded:
 class Backend:
     name: str
     summary: str
-    load: Callable[[argparse.Namespace], Loaded] | None  # None: not available in this release
-    missing: str = ""  # why load is None, one line
+    load: Callable[[argparse.Namespace], Loaded]
 
 
 # --- torch --------------------------------------------------------------------------------------
@@ -121,6 +120,11 @@ def _onnxruntime(graphs: GraphSet, args: argparse.Namespace) -> Runner:
     return OnnxRuntimeRunner(graphs.paths(), graphs.precision, provider)
 
 
+def _openvino(graphs: GraphSet, args: argparse.Namespace) -> Runner:
+    from rsd_deploy.export.runners.openvino_runner import OpenVINORunner
+    return OpenVINORunner(graphs.paths(), graphs.precision)
+
+
 def _tensorrt(flavour: str) -> Callable[[argparse.Namespace], Loaded]:
     """Engines of the folder's graphs for ``flavour``, from the engine cache its rsd-export run
     filled (built now when it has none for this GPU), over the shape range the graphs record."""
@@ -163,9 +167,7 @@ BACKENDS = {
     for backend in (
         Backend(TORCH, "PyTorch: the model the model options name, any --steps, --dtype and --attention", _torch),
         Backend("onnxruntime", "ONNX Runtime: the graphs in --artifacts (CPU; CUDA with --device cuda)", _graphs(_onnxruntime)),
-        # with export/runners/openvino_runner.py: _graphs(lambda graphs, args: OpenVINORunner(graphs.paths(), graphs.precision))
-        Backend("openvino", "OpenVINO: the graphs in --artifacts", None,
-                "the OpenVINO runner is not installed yet (it comes with issue 14); use --backend onnxruntime on a CPU"),
+        Backend("openvino", "OpenVINO: the graphs in --artifacts, on the CPU whatever --device says (the openvino extra)", _graphs(_openvino)),
         Backend("tensorrt", "TensorRT 10/11 engines of the graphs in --artifacts (a CUDA GPU)", _tensorrt("tensorrt")),
         Backend("tensorrt-rtx", "TensorRT for RTX engines of the graphs in --artifacts (an RTX GPU)", _tensorrt("tensorrt-rtx")),
     )
@@ -183,8 +185,6 @@ def load_backend(args: argparse.Namespace) -> Loaded:
         load = load_server
     else:
         backend = BACKENDS[args.backend]
-        if backend.load is None:
-            raise UsageError(f"--backend {backend.name}: {backend.missing}")
         if backend.name == TORCH and args.artifacts is not None:
             raise UsageError("--artifacts is an rsd-export folder for --backend onnxruntime, openvino, tensorrt or tensorrt-rtx; "
                              "--backend torch runs the model options' model")
