@@ -83,7 +83,7 @@ class StageGraph:
     def shape_range(self) -> ShapeRange:
         recorded = self.recorded("shape_range")
         try:
-            return ShapeRange(batch=tuple(recorded["batch"]), height=tuple(recorded["lr_height"]), width=tuple(recorded["lr_width"]))
+            return ShapeRange.from_json(recorded)
         except (KeyError, TypeError, ValueError) as error:
             raise ArtifactError(f"{self.path}: unreadable rsd_deploy.shape_range metadata {recorded} ({error})") from None
 

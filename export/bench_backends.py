@@ -85,8 +85,11 @@ def _compiled(ctx: BenchContext) -> Runner:
 
 
 def _covers(recorded: dict, wanted: ShapeRange) -> bool:
-    ranges = {"batch": wanted.batch, "lr_height": wanted.height, "lr_width": wanted.width}
-    return all(key in recorded and recorded[key][0] <= low and high <= recorded[key][2] for key, (low, _, high) in ranges.items())
+    """Whether a graph's recorded ``shape_range`` metadata holds ``wanted`` (False when unreadable)."""
+    try:
+        return ShapeRange.from_json(recorded).covers(wanted)
+    except (KeyError, TypeError, ValueError):
+        return False
 
 
 def exported_graphs(ctx: BenchContext, precision: str, directory: Path | None = None, option: str = "--onnx-dir") -> dict[str, Path]:

@@ -19,16 +19,15 @@ from .stages import FUSED, describe_stages
 def photo_batch(batch: int, size: int) -> torch.Tensor:
     """(batch, 3, size, size) LR images in [0, 1]: centre crops of scikit-image's bundled photos,
     area-downscaled by 2 so that they look like LR inputs."""
-    import skimage.data
+    from rsd_deploy import photos
 
-    photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
     out = []
     for index in range(batch):
-        photo = torch.from_numpy(photos[index % len(photos)]).permute(2, 0, 1).float() / 255
+        photo = photos.photo(photos.SCENES[index % len(photos.SCENES)])
         photo = F.avg_pool2d(photo[None], 2)[0]
         h, w = photo.shape[-2:]
         crop = min(size, h, w)
-        top, left = (h - crop) // 2, (w - crop) // 2
+        top, left = photos.centre_box(h, w, crop)
         tile = photo[:, top : top + crop, left : left + crop]
         out.append(F.interpolate(tile[None], size=(size, size), mode="area")[0] if crop != size else tile)
     return torch.stack(out).clamp(0, 1)

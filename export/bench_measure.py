@@ -147,7 +147,7 @@ class Quality:
 
     def compare(self, backend: Backend, key: tuple[int, int], output: torch.Tensor, own_noise: bool = False) -> dict[str, float | None]:
         """``own_noise``: the runner drew its own noise (the official samplers), so its images are not compared."""
-        from .parity import lpips_distance, psnr
+        from rsd_deploy.metrics import LPIPS, lpips_distance, psnr
 
         if backend.reference:
             self.references[key] = output
@@ -155,9 +155,7 @@ class Quality:
         if expected is None:
             return {"psnr_db": None, "lpips": None}
         if self.lpips is None:
-            from rsd_deploy.distill.losses import LPIPSLoss
-
-            self.lpips = LPIPSLoss("auto")
+            self.lpips = LPIPS("auto")
         return {"psnr_db": psnr(output, expected), "lpips": lpips_distance(self.lpips, output, expected)}
 
 

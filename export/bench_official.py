@@ -120,8 +120,8 @@ class OfficialSampler(Runner):
 
     def __init__(self, checkouts: tuple[Path, ...], pipe: SRPipeline, steps: int, device: torch.device | str, seed: int = 0):
         pipe.check_steps(steps)
-        if getattr(pipe.codec, "kind", None) != "vq":
-            raise RunnerUnavailable(f"the official code runs the VQ-f4 autoencoder; this model's codec is {getattr(pipe.codec, 'kind', '?')}")
+        if pipe.codec.kind != "vq":
+            raise RunnerUnavailable(f"the official code runs the VQ-f4 autoencoder; this model's codec is {pipe.codec.kind}")
         self.script = script = official_script(pipe, steps)
         self.checkout = checkout = find_checkout(checkouts, script)
         if not (checkout / "models").is_dir():

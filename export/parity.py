@@ -16,7 +16,6 @@ import torch
 
 from rsd_deploy import chain
 # re-exported only until export/quality_budget.py, bench_measure.py and their tests import rsd_deploy.metrics
-from rsd_deploy.metrics import lpips_distance, psnr  # noqa: F401
 from rsd_deploy.pipeline import SRPipeline
 
 from .runners.onnxruntime_runner import onnxruntime_session

@@ -149,6 +149,11 @@ class ShapeRange:
     def to_json(self) -> dict:
         return {"batch": list(self.batch), "lr_height": list(self.height), "lr_width": list(self.width)}
 
+    @classmethod
+    def from_json(cls, recorded: dict) -> "ShapeRange":
+        """The range :meth:`to_json` wrote; KeyError / TypeError / ValueError for anything else."""
+        return cls(batch=tuple(recorded["batch"]), height=tuple(recorded["lr_height"]), width=tuple(recorded["lr_width"]))
+
     def __str__(self) -> str:
         def fmt(t):
             return f"{t[0]}..{t[2]} (opt {t[1]})"

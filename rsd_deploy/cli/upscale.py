@@ -125,10 +125,9 @@ class Job:
 
 def bundled_photo(max_pixels: int) -> Picture:
     """A 128 x 128 crop of scikit-image's astronaut photo, the input when none is given."""
-    from skimage import data
+    from rsd_deploy import photos
 
-    photo = torch.from_numpy(data.astronaut()).permute(2, 0, 1).float() / 255
-    return Picture(photo[:, 64:192, 160:288].contiguous())
+    return Picture(photos.photo("astronaut")[:, 64:192, 160:288].contiguous())
 
 
 def check_out_dir(out_dir: Path, inputs: list[str]) -> None:
