@@ -139,6 +139,7 @@ def convert_fp16(fp32_path: str | Path, out_path: str | Path, calibration: dict[
             calibration_data=str(data),
         )
     summary = {**fp16_summary(model), "converter_warnings": warnings}
+    _keep_interface(model, source)
     _drop_intermediate_shapes(model)
     canonical_order(model)
     set_metadata(model, **{**read_metadata(source), "precision": "fp16"})
@@ -180,6 +181,17 @@ def canonical_order(model: onnx.ModelProto) -> None:
     infos = sorted(graph.value_info, key=lambda value: value.name)
     del graph.value_info[:]
     graph.value_info.extend(infos)
+
+
+def _keep_interface(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Give the converted graph's inputs and outputs the source graph's types and dim names: the
+    converters' shape inference renames dims (an encoder output came back as
+    ``((4*height//2)//2)`` instead of ``height``), and every reader of an rsd-export graph checks
+    them against the stage description."""
+    types = {value.name: value.type for value in (*source.graph.input, *source.graph.output)}
+    for value in (*model.graph.input, *model.graph.output):
+        if value.name in types:
+            value.type.CopyFrom(types[value.name])
 
 
 def _drop_intermediate_shapes(model: onnx.ModelProto) -> None:
@@ -247,6 +259,7 @@ def quantize_qdq(
             log_level="WARNING",
         )
         model = onnx.load(str(quantized))
+    _keep_interface(model, source)
     set_metadata(model, **{**read_metadata(source), "precision": mode, mode: {"calibration_method": method, "high_precision": high_precision}})
     with atomic_path(out_path) as tmp:
         onnx.save(model, str(tmp))

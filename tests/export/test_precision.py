@@ -18,7 +18,7 @@ def graphs(micro, tmp_path_factory):
     out = tmp_path_factory.mktemp("precision")
     stages = describe_stages(micro)
     real = stage_inputs_from_images(micro, torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(0)), seed=0)
-    paths = {name: export_stage(stages[name], micro, out / f"{name}.fp32.onnx", SHAPES) for name in ("generator", "decoder")}
+    paths = {name: export_stage(stages[name], micro, out / f"{name}.fp32.onnx", SHAPES) for name in ("encoder", "generator", "decoder")}
     return out, paths, real
 
 
@@ -76,6 +76,25 @@ def test_int8_generator_has_qdq_except_where_excluded(graphs):
     feeds = {k: v[:1] for k, v in real["generator"].items()}
     low, ref = run_onnx(out / "generator.int8.onnx", feeds)[0], run_onnx(paths["generator"], feeds)[0]
     assert np.isfinite(low).all() and relative_l2(low, ref) < 0.5
+
+
+def _interface(model):
+    return [(v.name, v.type.tensor_type.elem_type, [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+            for v in (*model.graph.input, *model.graph.output)]
+
+
+def test_converted_graphs_keep_the_stage_interface(graphs):
+    """The converters' shape inference renames the VQ encoder's output dims (to
+    ``((4*height//2)//2)``); the converted graph keeps the fp32 graph's names, which every reader
+    of an rsd-export folder checks."""
+    out, paths, real = graphs
+    calibration = {k: v.numpy() for k, v in real["encoder"].items()}
+    quantize_qdq(paths["encoder"], out / "encoder.int8.onnx", calibration, "int8", method="max")
+    convert_fp16(paths["encoder"], out / "encoder.fp16.onnx", {k: v[:1] for k, v in calibration.items()})
+    source = _interface(onnx.load(str(paths["encoder"])))
+    assert source[-1][2] == ["batch", 3, "height", "width"]
+    for precision in ("int8", "fp16"):
+        assert _interface(onnx.load(str(out / f"encoder.{precision}.onnx"))) == source, precision
 
 
 def test_int8_rejects_unknown_method(graphs):
