@@ -11,6 +11,7 @@ against them. Backends that cannot run here are listed with the reason.
     rsd-bench                                       # bundled demo model, batch 1,2, LR 64, the default backends
     rsd-bench --list                                # the backends and their properties
     rsd-bench --backends gpu --batch 1,4,16 --lr-size 64,128
+    rsd-bench --backends pytorch-fp32,onnxruntime-cpu --large-image 1024 --tile-batch 1,4   # batched tiles on a large image
     rsd-bench --preset rsd-x4 --backends cpu --batch 1 --threads 2 --onnx-dir rsd-export-int8/ --upstream-src ResShift/
     rsd-bench --checkpoint rsd.pth --vae autoencoder_vq_f4.pth --teacher resshift_realsrx4_s15_v1.pth --onnx-dir rsd-export/
 
@@ -39,6 +40,7 @@ from rsd_deploy.pipeline import SRPipeline
 from .bench_backends import GROUPS, backends, select
 from .bench_measure import BenchOptions, NothingRan, run_bench
 from .bench_official import checkout_method
+from .bench_tiled import OVERLAP
 from .bench_report import write_report
 from .workflow import OptionError, check_complete
 
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     grid = parser.add_argument_group("grid")
     grid.add_argument("--batch", type=positive_ints, default="1,2", help="batch sizes, comma-separated")
     grid.add_argument("--lr-size", type=positive_ints, default="64", help=f"LR sides, comma-separated multiples of {SIZE_MULTIPLE}")
+    large = parser.add_argument_group("large image (rsd-upscale's tile scheduler)")
+    large.add_argument("--large-image", type=int, metavar="SIDE", help="also run one SIDE x SIDE LR photo through the tile scheduler on "
+                       "each backend, once per --tile-batch (e.g. 1024); default: not run")
+    large.add_argument("--tile", type=int, default=256, help="its tile size, LR px")
+    large.add_argument("--tile-batch", type=positive_ints, default="1,4", help="tiles per network call, comma-separated")
     parser.add_argument("--backends", default="default",
                         help=f"comma-separated backend names or groups ({', '.join(GROUPS)}: gpu = those that need a CUDA GPU, cpu = the "
                         "others); see --list (default: default)")
@@ -88,6 +95,11 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     if args.warmup < 1 or args.min_iters < 1 or args.iters < args.min_iters:
         raise UsageError(f"--warmup / --min-iters / --iters: expected 1 <= warmup, 1 <= min-iters <= iters, got "
                          f"{args.warmup}, {args.min_iters}, {args.iters}")
+    if args.large_image is not None:
+        if args.tile % SIZE_MULTIPLE or args.tile <= OVERLAP:
+            raise UsageError(f"--tile: expected a multiple of {SIZE_MULTIPLE} above the overlap {OVERLAP}, got {args.tile}")
+        if args.large_image % SIZE_MULTIPLE or args.large_image < args.tile:
+            raise UsageError(f"--large-image: expected a multiple of {SIZE_MULTIPLE}, at least --tile {args.tile}, got {args.large_image}")
     if args.budget_s < 0:
         raise UsageError(f"--budget-s: expected >= 0, got {args.budget_s}")
     if args.threads is not None and args.threads < 1:
@@ -118,7 +130,8 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
     return BenchOptions(batches=tuple(args.batch), sizes=tuple(args.lr_size), backends=wanted, device=args.device,
                         onnx_dir=args.onnx_dir, plugin_onnx_dir=args.plugin_onnx_dir, engine_dir=args.engine_dir,
                         upstream_src=tuple(path.resolve() for path in args.upstream_src or ()), work_dir=args.out,
-                        seed=args.seed, warmup=args.warmup, min_iters=args.min_iters, max_iters=args.iters, budget_s=args.budget_s)
+                        seed=args.seed, warmup=args.warmup, min_iters=args.min_iters, max_iters=args.iters, budget_s=args.budget_s,
+                        large_image=args.large_image, tile=args.tile, tile_batches=tuple(args.tile_batch))
 
 
 def load_teacher(args: argparse.Namespace) -> SRPipeline | None:

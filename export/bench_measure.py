@@ -25,10 +25,12 @@ from rsd_deploy import chain
 from rsd_deploy.environment import environment
 from rsd_deploy.errors import one_line
 from rsd_deploy.pipeline import SRPipeline
+from rsd_deploy.tiling import TileModel
 from rsd_deploy.timing import PeakRSS, Timer
 
 from .bench_backends import PROCEDURE, Backend, BenchContext, backends, select
 from .bench_inputs import CaseInputs, case_inputs
+from .bench_tiled import TiledResult, large_photo, measure_tiled
 from .runners import Runner, RunnerUnavailable
 from .stages import FUSED, ShapeRange
 
@@ -59,6 +61,7 @@ class BenchReport:
     backends: dict[str, dict] = field(default_factory=dict)  # what ran: properties, notes, how end to end was measured
     results: list[CaseResult] = field(default_factory=list)
     unavailable: list[dict] = field(default_factory=list)  # {"backend", "reason"}
+    large_image: list[TiledResult] = field(default_factory=list)  # --large-image: one row per backend x tile batch
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -80,10 +83,17 @@ class BenchOptions:
     min_iters: int = 3
     max_iters: int = 20
     budget_s: float = 1.0
+    large_image: int | None = None  # LR side of the large-image run (bench_tiled), none by default
+    tile: int = 256
+    tile_batches: tuple[int, ...] = (1, 4)
 
     def shape_range(self) -> ShapeRange:
-        sizes = (min(self.sizes), min(self.sizes), max(self.sizes))
-        return ShapeRange(batch=(1, min(self.batches), max(self.batches)), height=sizes, width=sizes)
+        """The grid's shapes, and the large-image run's tiles when it has one."""
+        sizes, batches = self.sizes, self.batches
+        if self.large_image:
+            sizes, batches = (*sizes, self.tile), (*batches, *self.tile_batches)
+        return ShapeRange(batch=(1, min(self.batches), max(batches)), height=(min(sizes), min(self.sizes), max(sizes)),
+                          width=(min(sizes), min(self.sizes), max(sizes)))
 
 
 def _mib(value: float) -> float:
@@ -206,6 +216,12 @@ def run_bench(pipe: SRPipeline, options: BenchOptions, teacher: SRPipeline | Non
             psnr_db = result.quality["psnr_db"]
             log(f"  {backend.name:24s} batch {key[0]} LR {key[1]}: end-to-end p50 {result.end_to_end['p50_ms']:.1f} ms, "
                 f"{result.end_to_end['images_per_s']:.2f} img/s, PSNR {'-' if psnr_db is None else f'{psnr_db:.1f} dB'}")
+        if how is not None and options.large_image and not backend.upstream:
+            model = TileModel.from_stages(runner.stage_fn(), pipe.codec.scale, pipe.schedule.prior_scale, pipe.codec.latent_channels,
+                                          pipe.unet.noise_channels, runner.device)
+            rows = measure_tiled(backend.name, model, large_photo(options.large_image), options.tile, options.tile_batches, options.seed)
+            report.large_image += rows
+            log("  " + "; ".join(f"{backend.name} large image, tile batch {r.tile_batch}: {r.tiles_per_s:.2f} tiles/s" for r in rows))
         if how is not None:
             report.backends[backend.name] = {**backend.properties(), "notes": runner.notes, "prepare_s": prepare_s, "end_to_end": how,
                                              "own_noise": getattr(runner, "own_noise", False)}

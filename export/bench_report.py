@@ -13,6 +13,7 @@ from rsd_deploy import chain
 from rsd_deploy.atomic import atomic_path
 
 from .bench_measure import BenchReport
+from .bench_tiled import markdown_rows
 
 FILES = ("bench.json", "bench.md", "bench.png")
 
@@ -55,7 +56,7 @@ def markdown(report: BenchReport) -> str:
         lines += ["", "Not run:", ""] + [f"- `{u['backend']}`: {u['reason']}" for u in report.unavailable]
     notes = [f"- `{name}`: {b['summary']}" + (f" ({b['notes']})" if b["notes"] else "") + f"; end to end: {b['end_to_end']}"
              for name, b in report.backends.items()]
-    return "\n".join(lines + ["", "Backends:", ""] + notes) + "\n"
+    return "\n".join(lines + markdown_rows(report.large_image) + ["", "Backends:", ""] + notes) + "\n"
 
 
 def plot(report: BenchReport, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 
 import torch
@@ -12,6 +13,15 @@ from rsd_deploy import chain
 class RunnerUnavailable(RuntimeError):
     """A backend that cannot run on this machine (missing package, no GPU, no graphs); the
     message says why."""
+
+
+def import_extra(module: str, extra: str):
+    """The optional ``module`` (imported when a graph runs, not with the runner's module), or
+    RunnerUnavailable naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise RunnerUnavailable(f"{module} is not installed ({error}); pip install 'rsd-deploy[{extra}]'") from None
 
 
 class Runner(ABC):

@@ -8,17 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Runner, RunnerUnavailable
+from .base import Runner, RunnerUnavailable, import_extra
 
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 def _ort():
-    try:
-        import onnxruntime  # an extra ([cpu] or [gpu]): imported when a graph runs, not with this module
-    except ImportError as error:
-        raise RunnerUnavailable(f"onnxruntime is not installed ({error}); pip install 'rsd-deploy[cpu]'") from None
-    return onnxruntime
+    return import_extra("onnxruntime", "cpu")  # or the gpu extra's onnxruntime-gpu
 
 
 def default_providers() -> tuple[str, ...]:

@@ -17,18 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Runner, RunnerUnavailable
+from .base import Runner, RunnerUnavailable, import_extra
 
 INFERENCE_PRECISIONS = ("f32", "bf16")
 _NUMPY = {"f32": np.float32, "f16": np.float16, "i64": np.int64}
 
 
 def _ov():
-    try:
-        import openvino  # an extra ([openvino]): imported when a graph runs, not with this module
-    except ImportError as error:
-        raise RunnerUnavailable(f"openvino is not installed ({error}); pip install 'rsd-deploy[openvino]'") from None
-    return openvino
+    return import_extra("openvino", "openvino")
 
 
 def cpu_capabilities() -> tuple[str, ...]:

@@ -35,6 +35,10 @@ def test_help_shows_the_defaults():
     (["--min-iters", "5", "--iters", "2"], "--warmup / --min-iters / --iters"),
     (["--budget-s", "-1"], "--budget-s: expected >= 0"),
     (["--seed", "-1"], "--seed: expected a non-negative integer"),
+    (["--large-image", "1000"], "--large-image: expected a multiple of 64, at least --tile 256, got 1000"),
+    (["--large-image", "128"], "--large-image: expected a multiple of 64, at least --tile 256, got 128"),
+    (["--large-image", "1024", "--tile", "32"], "--tile: expected a multiple of 64 above the overlap 32, got 32"),
+    (["--large-image", "1024", "--tile-batch", "0"], "argument --tile-batch: expected positive integers, got '0'"),
     (["--checkpoint", "/nonexistent/unet.pth", "--vae", "/nonexistent/vq.pth"], "/nonexistent/unet.pth"),
     (["--preset", "tiny-rsd", "--vae", "/x.pth"], "--vae / --config go with --checkpoint"),
     (["--upstream-src", "/nonexistent/ResShift"], "--upstream-src: /nonexistent/ResShift is not a checkout of the official ResShift, "
