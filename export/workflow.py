@@ -300,6 +300,9 @@ def export_all(pipe: SRPipeline, options: ExportOptions, log: Callable[[str], No
             report.quality_budget = budget
             log(f"  kept {len(budget['kept'])} of {budget['groups']} layer groups in high precision: {budget['achieved_psnr_db']:.2f} dB "
                 f"(every group quantized: {budget['plain_psnr_db']:.2f} dB)")
+            if budget["achieved_psnr_db"] < budget["target_psnr_db"]:
+                report.failures.append(f"quality budget: {budget['achieved_psnr_db']:.2f} dB with every group in high precision, "
+                                       f"below the {budget['target_psnr_db']:g} dB asked")
         for name in stages:
             add_artifact(name, options.precision, graphs[name], seconds_of[name])
         report.quality = _quality(pipe, stages, graphs, held_out, options, log)

@@ -67,5 +67,9 @@ def test_rsd_export_meets_the_budget_with_the_fewest_groups(micro_pixel_unshuffl
         assert budget["kept"][0] == max(budget["sensitivity"], key=budget["sensitivity"].get)
     assert abs(report["quality"]["rows"][0]["psnr_db"] - budget["achieved_psnr_db"]) < 1e-6  # the graphs written are the ones measured
     assert "**Quality budget:**" in (out / "report.md").read_text()
+    unreachable = tmp_path / "unreachable"  # above what even the float graph reaches against PyTorch
+    assert main([*common, "--quality-budget-psnr", "199", "--out", str(unreachable)]) == 1
+    failures = json.loads((unreachable / "report.json").read_text())["failures"]
+    assert any(f.startswith("quality budget:") and "below the 199 dB asked" in f for f in failures), failures
     assert main([*common[:-6], "--precision", "fp16", "--quality-budget-psnr", "40", "--out", str(tmp_path / "x")]) == 2
     assert "applies to the Q/DQ precisions" in capsys.readouterr().err
