@@ -102,7 +102,10 @@ def _converter_output() -> Iterator[list[str]]:
     warn through the root logger. Inside the block all of that is collected instead: the list
     yielded gets each distinct warning once, for the summary."""
     collected = _Collected()
-    loggers = [logging.getLogger(), logging.getLogger("modelopt")]
+    # every modelopt logger: some carry their own console handler (modelopt.onnx's writes to the
+    # stdout it saw when it was made, which redirect_stdout does not reach)
+    names = [name for name in list(logging.root.manager.loggerDict) if name.startswith("modelopt.")]
+    loggers = [logging.getLogger(), logging.getLogger("modelopt"), *map(logging.getLogger, names)]
     saved = [(logger, logger.handlers[:], logger.level, logger.propagate) for logger in loggers]
     for logger in loggers:
         logger.handlers[:] = [collected]

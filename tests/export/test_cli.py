@@ -183,3 +183,15 @@ def test_triton_backend_tensorrt_needs_tensorrt_engines(tmp_path, capsys):
     assert main(["--preset", "tiny-rsd", "--engine", "none", "--out", str(tmp_path / "o"), "--triton-repo", str(tmp_path / "r"),
                  "--triton-backend", "tensorrt"]) == 2
     assert "--triton-backend tensorrt serves TensorRT 10/11 plans" in capsys.readouterr().err
+
+
+def test_a_fresh_process_prints_no_converter_logging(checkpoint, tmp_path):
+    """As a user runs it: a new interpreter, whose modelopt.onnx logger brings its own console
+    handler; the fp16 conversion's per-node INFO lines (61 for the tiny generator) must not reach
+    the console, its warnings appear once each as 'ModelOpt: ...' lines."""
+    run = subprocess.run([sys.executable, "-m", "rsd_deploy.export.cli", "--checkpoint", str(checkpoint), "--stages", "generator",
+                          "--precision", "fp16", "--engine", "none", "--lr-size", "64", "--batch", "1", "--calib-count", "1",
+                          "--eval-count", "1", "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    printed = run.stdout + run.stderr
+    assert "[modelopt]" not in printed and " - INFO - " not in printed, printed[:2000]
