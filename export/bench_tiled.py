@@ -10,7 +10,7 @@ engines and allocators warm), so the rows compare steady states.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from rsd_deploy import photos
 from rsd_deploy.tiling import TileModel, TileOptions, upscale_images
 
-OVERLAP = 32  # rsd-upscale's default
+OVERLAP = TileOptions.overlap  # the tiling default, rsd-upscale's too
 
 
 @dataclass
@@ -34,9 +34,6 @@ class TiledResult:
     compute_s: float  # time inside the network calls
     host_s: float  # the reader's and the writer's busy time (overlapping compute)
     gain_vs_batch_1: float | None = None  # tiles/s over this backend's tile-batch 1 row
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 def large_photo(side: int) -> torch.Tensor:
