@@ -25,7 +25,6 @@ from rsd_deploy import chain
 from rsd_deploy.environment import environment
 from rsd_deploy.errors import one_line
 from rsd_deploy.pipeline import SRPipeline
-from rsd_deploy.tiling import TileModel
 from rsd_deploy.timing import PeakRSS, Timer
 
 from .bench_backends import PROCEDURE, Backend, BenchContext, backends, select
@@ -217,8 +216,7 @@ def run_bench(pipe: SRPipeline, options: BenchOptions, teacher: SRPipeline | Non
             log(f"  {backend.name:24s} batch {key[0]} LR {key[1]}: end-to-end p50 {result.end_to_end['p50_ms']:.1f} ms, "
                 f"{result.end_to_end['images_per_s']:.2f} img/s, PSNR {'-' if psnr_db is None else f'{psnr_db:.1f} dB'}")
         if how is not None and options.large_image and not backend.upstream:
-            model = TileModel.from_stages(runner.stage_fn(), pipe.codec.scale, pipe.schedule.prior_scale, pipe.codec.latent_channels,
-                                          pipe.unet.noise_channels, runner.device)
+            model = pipe.tile_model(stage=runner.stage_fn(), device=runner.device)
             rows = measure_tiled(backend.name, model, large_photo(options.large_image), options.tile, options.tile_batches, options.seed)
             report.large_image += rows
             log("  " + "; ".join(f"{backend.name} large image, tile batch {r.tile_batch}: {r.tiles_per_s:.2f} tiles/s" for r in rows))

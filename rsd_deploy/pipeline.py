@@ -81,14 +81,18 @@ class SRPipeline(nn.Module):
 
     # --- whole images --------------------------------------------------------------------------
 
-    def tile_model(self, steps: int = 1) -> TileModel:
+    def tile_model(self, steps: int = 1, stage: chain.StageFn | None = None, device: torch.device | None = None) -> TileModel:
         """This model as the tile scheduler runs it: one step through :func:`rsd_deploy.chain.run`
-        (the stages the exported graphs hold), or the teacher's T-step chain."""
+        (the stages the exported graphs hold), or the teacher's T-step chain. ``stage`` runs the
+        one-step chain's stages elsewhere (a runner's ``stage_fn()``, inputs on ``device``) with
+        this model's scale, prior scale and channels."""
         self.check_steps(steps)
+        if stage is not None and steps != 1:
+            raise ValueError(f"another backend's stages run the one-step chain, not {steps} steps")
         if steps == 1:
-            model = TileModel.from_stages(self.run_stage, self.codec.scale, self.schedule.prior_scale, self.codec.latent_channels,
-                                          self.unet.noise_channels, self.device, self.dtype)
-            return model
+            stage, device, dtype = (self.run_stage, self.device, self.dtype) if stage is None else (stage, device or self.device, None)
+            return TileModel.from_stages(stage, self.codec.scale, self.schedule.prior_scale, self.codec.latent_channels,
+                                         self.unet.noise_channels, device, dtype)
 
         def run(lq: torch.Tensor, noise: NoiseSource) -> dict[str, torch.Tensor]:
             def on_device(stream: int, channels: int | None = None) -> torch.Tensor:

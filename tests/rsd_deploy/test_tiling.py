@@ -289,6 +289,23 @@ def test_torch_cpu_tile_batch_difference_is_bounded():
         assert ((a * 255).round() - (b * 255).round()).abs().max() <= 1
 
 
+def test_the_chain_over_another_stage_function_is_the_pipelines_output(tiny_rsd):
+    """``tile_model(stage=...)``: another backend's stages with the model's constants; here the
+    model's own stages wrapped as a foreign stage function give the same pixels."""
+    images = photos((64, 64), seed=4)
+    calls = []
+
+    def stage(name, feeds):
+        calls.append(name)
+        return tiny_rsd.run_stage(name, feeds)
+
+    mine, _ = upscale_images(tiny_rsd.tile_model(), images, seed=5)
+    theirs, _ = upscale_images(tiny_rsd.tile_model(stage=stage), images, seed=5)
+    assert calls == ["encoder", "generator", "decoder"] and torch.equal(mine[0], theirs[0])
+    with pytest.raises(ValueError, match="not 15 steps"):
+        tiny_rsd.tile_model(15, stage=stage)
+
+
 # --- the official scripts' chopping --------------------------------------------------------------
 
 
